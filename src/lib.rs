@@ -1,0 +1,33 @@
+//! powa-collector: the remote-mode collector of PoWA, the PostgreSQL
+//! Workload Analyzer.
+//!
+//! The collector reads the remote servers registered in a PoWA repository
+//! database and, for each, runs a worker thread that every `frequency`
+//! seconds copies the output of PoWA's source functions from the remote into
+//! the repository and calls `powa_take_snapshot()` there.
+//!
+//! Modules, from the outside in:
+//! - [`config`]: the JSON configuration file;
+//! - [`collector`]: the main thread ([`run`]) and its [`Control`];
+//! - [`worker`]: one thread per remote server;
+//! - [`snapshot`]: one snapshot, remote COPY into the repository;
+//! - [`repository`]: queries about PoWA on the repository and the remotes;
+//! - [`servers`]: remote server settings from `powa_servers`;
+//! - [`conninfo`]: connection strings and connection set-up;
+//! - [`error`]: the error type.
+
+pub mod collector;
+pub mod config;
+pub mod conninfo;
+pub mod error;
+pub mod repository;
+pub mod servers;
+pub mod snapshot;
+pub mod worker;
+
+pub use collector::{Control, run};
+pub use config::Config;
+pub use error::Error;
+
+/// The collector's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

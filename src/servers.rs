@@ -1,0 +1,210 @@
+//! Remote server settings, as registered in the repository's `powa_servers`
+//! table, and their validation.
+//!
+//! A server is identified by its key, `hostname:port`, like in the Python
+//! collector; it is shown in logs under its display name (the alias when
+//! `use_server_alias` is on and an alias is set). Pure data, no I/O.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::conninfo::ConnInfo;
+
+/// One row of `powa_servers`, checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub srvid: i32,
+    pub hostname: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    /// Seconds between two snapshots; always positive.
+    pub frequency: u32,
+    /// Empty when the server has no alias.
+    pub alias: String,
+}
+
+/// A `powa_servers` row as read, before validation.
+#[derive(Clone)]
+pub struct ServerRow {
+    pub srvid: i32,
+    pub hostname: String,
+    pub port: i32,
+    pub username: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub frequency: i32,
+    pub alias: String,
+}
+
+impl fmt::Debug for ServerRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerRow")
+            .field("srvid", &self.srvid)
+            .field("hostname", &self.hostname)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("frequency", &self.frequency)
+            .field("alias", &self.alias)
+            .finish()
+    }
+}
+
+impl TryFrom<ServerRow> for ServerSettings {
+    type Error = String;
+
+    /// Refuses a row the collector cannot use, saying which and why.
+    fn try_from(row: ServerRow) -> Result<ServerSettings, String> {
+        let culprit = |why: String| format!("powa_servers row id {}: {why}", row.srvid);
+        if row.hostname.trim().is_empty() {
+            return Err(culprit("hostname is empty".into()));
+        }
+        let port = u16::try_from(row.port)
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| culprit(format!("port {} is not a TCP port", row.port)))?;
+        let frequency = u32::try_from(row.frequency)
+            .ok()
+            .filter(|f| *f > 0)
+            .ok_or_else(|| culprit(format!("frequency {} is not positive", row.frequency)))?;
+        Ok(ServerSettings {
+            srvid: row.srvid,
+            hostname: row.hostname,
+            port,
+            username: row.username,
+            password: row.password,
+            dbname: row.dbname,
+            frequency,
+            alias: row.alias,
+        })
+    }
+}
+
+impl ServerSettings {
+    /// `hostname:port`, the identity of a server across reloads.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.hostname, self.port)
+    }
+
+    /// The name used in logs and `application_name`.
+    pub fn display_name(&self, use_server_alias: bool) -> String {
+        if use_server_alias && !self.alias.is_empty() {
+            self.alias.clone()
+        } else {
+            self.key()
+        }
+    }
+
+    /// Time between two snapshots.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(u64::from(self.frequency))
+    }
+
+    /// How to connect to this server.
+    pub fn conninfo(&self) -> ConnInfo {
+        ConnInfo::for_server(
+            &self.hostname,
+            self.port,
+            &self.username,
+            self.password.as_deref(),
+            &self.dbname,
+        )
+    }
+}
+
+impl fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "server {} ({}, frequency {}s{})",
+            self.srvid,
+            self.conninfo(),
+            self.frequency,
+            if self.alias.is_empty() {
+                String::new()
+            } else {
+                format!(", alias {}", self.alias)
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> ServerRow {
+        ServerRow {
+            srvid: 3,
+            hostname: "db1".into(),
+            port: 5433,
+            username: "powa".into(),
+            password: Some("s3cret".into()),
+            dbname: "powa".into(),
+            frequency: 300,
+            alias: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_good_row_is_accepted() {
+        let server = ServerSettings::try_from(row()).unwrap();
+        assert_eq!(server.key(), "db1:5433");
+        assert_eq!(server.display_name(true), "db1:5433");
+        assert_eq!(server.period(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn alias_names_the_worker_only_when_asked() {
+        let server = ServerSettings::try_from(ServerRow {
+            alias: "prod".into(),
+            ..row()
+        })
+        .unwrap();
+        assert_eq!(server.display_name(true), "prod");
+        assert_eq!(server.display_name(false), "db1:5433");
+    }
+
+    #[test]
+    fn bad_rows_are_refused_by_id() {
+        let cases = [
+            (
+                ServerRow {
+                    port: 70000,
+                    ..row()
+                },
+                "port 70000",
+            ),
+            (ServerRow { port: 0, ..row() }, "port 0"),
+            (
+                ServerRow {
+                    frequency: -1,
+                    ..row()
+                },
+                "frequency -1",
+            ),
+            (
+                ServerRow {
+                    hostname: " ".into(),
+                    ..row()
+                },
+                "hostname is empty",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let error = ServerSettings::try_from(bad).unwrap_err();
+            assert!(error.starts_with("powa_servers row id 3: "), "{error}");
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let server = ServerSettings::try_from(row()).unwrap();
+        assert!(!format!("{server:?}").contains("s3cret"));
+        assert!(!format!("{:?}", row()).contains("s3cret"));
+    }
+}

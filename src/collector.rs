@@ -1,36 +1,55 @@
-//! The main thread: the repository connection, the workers, and the loop
-//! that waits for requests and signals.
+//! The main thread: the repository connection, the workers, the command
+//! protocol, reloads and shutdown.
 //!
 //! [`run`] connects to the repository, checks PoWA there, `LISTEN`s on
 //! channel `powa_collector`, reads the remote servers and starts one worker
-//! per server, then loops until told to stop. Each turn of the loop waits
-//! at most [`POLL_INTERVAL`] for a notification on the repository
-//! connection (the synchronous client exposes no socket to select on, so a
-//! bounded wait is how notifications and signals are served together), then
-//! looks at the [`Control`] flags that signal handlers set. At least every
-//! [`CHECK_INTERVAL`] the repository connection is checked and, if it
-//! dropped, re-opened (and `LISTEN` issued again) while the workers go on.
+//! per server, then loops until told to stop.
+//!
+//! How the loop waits: the synchronous `postgres` client exposes no socket
+//! to `select` on, so each turn waits at most [`POLL_INTERVAL`] (250 ms) for
+//! a notification on the repository connection, serves every notification
+//! that arrived, then looks at the [`Control`] flags that signal handlers
+//! set. A request is thus answered as soon as it arrives, a signal is acted
+//! on within 250 ms, and an idle collector wakes four times a second, which
+//! costs nothing measurable. At least every [`CHECK_INTERVAL`] the
+//! repository connection is checked and, if it dropped, re-opened (and
+//! `LISTEN` issued again) while the workers go on.
+//!
+//! Shutdown tells every worker to stop at once (cancelling the query of a
+//! snapshot in flight, which is then rolled back), then joins them, waiting
+//! at most [`SHUTDOWN_DEADLINE`] for all of them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use log::LevelFilter;
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::conninfo::ConnInfo;
 use crate::error::{Error, describe_postgres_error};
+use crate::protocol::{self, Answer, Command, Request};
 use crate::repository::{self, PowaInstall};
-use crate::worker::WorkerHandle;
+use crate::servers::{self, Change, RunningWorker, ServerSettings};
+use crate::systemd::Notifier;
+use crate::worker::{WorkerHandle, WorkerStatus};
 
 /// Longest wait for a notification before the loop looks at its flags.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest time between two checks of the repository connection.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest wait for the workers to end at shutdown (or for removed workers
+/// at a reload); a worker still connecting or stuck past it is left behind.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 /// Bound on one check of the repository connection.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often stopping workers are looked at, and their queries cancelled
+/// again, while waiting for them.
+const JOIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+const CANCEL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The channel the collector listens on.
 pub const CHANNEL: &str = "powa_collector";
 
@@ -49,11 +68,15 @@ impl Control {
         Control::default()
     }
 
-    /// Makes SIGTERM and SIGINT request a stop, and SIGHUP a reload.
+    /// Makes SIGTERM and SIGINT request a stop (a second one exits at once,
+    /// with code 0: the servers roll back whatever was in flight), and
+    /// SIGHUP a reload.
     pub fn register_signals(&self) -> std::io::Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        signal_hook::flag::register(SIGTERM, Arc::clone(&self.stop))?;
-        signal_hook::flag::register(SIGINT, Arc::clone(&self.stop))?;
+        for signal in [SIGTERM, SIGINT] {
+            signal_hook::flag::register_conditional_shutdown(signal, 0, Arc::clone(&self.stop))?;
+            signal_hook::flag::register(signal, Arc::clone(&self.stop))?;
+        }
         signal_hook::flag::register(SIGHUP, Arc::clone(&self.reload))?;
         Ok(())
     }
@@ -77,80 +100,168 @@ impl Control {
     }
 }
 
+/// The log level a configuration asks for.
+pub fn log_level(debug: bool) -> LevelFilter {
+    if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    }
+}
+
 /// Runs the collector until `control` asks it to stop.
 ///
-/// Returns an error when the collector cannot start: the repository is
-/// unreachable, PoWA is missing there, or the server list cannot be read.
-/// Once started, problems are logged and retried, never fatal.
-pub fn run(config: Config, control: &Control) -> Result<(), Error> {
+/// `force_debug` (the command line's `--debug`) keeps debug logging on
+/// whatever the configuration file says, across reloads. Returns an error
+/// when the collector cannot start: the repository is unreachable, PoWA is
+/// missing there, or the server list cannot be read. Once started, problems
+/// are logged and retried, never fatal.
+pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), Error> {
     let repository = config.repository()?;
-    let (mut connection, powa) = connect(&repository)?;
-    let (servers, refused) = repository::list_servers(&mut connection, &powa)
-        .map_err(|e| Error::postgres("cannot read the list of remote servers", e))?;
-    for why in refused {
-        log::error!("{why}; this server is not collected");
-    }
+    let mut main = MainConnection::open(&repository)?;
+    let servers = read_servers(&mut main)?;
 
     let mut collector = Collector {
         config,
+        force_debug,
         repository,
-        connection: Some(connection),
+        connection: Some(main),
         last_check: Instant::now(),
         workers: BTreeMap::new(),
+        notifier: Notifier::from_env(),
     };
     for server in servers {
         collector.start_worker(server);
     }
     collector.log_workers();
+    collector.notifier.ready();
 
     while !control.stop_requested() {
         if control.take_reload() {
-            log::info!("reload requested");
+            let _ = collector.reload();
         }
         collector.serve_notifications();
         if collector.last_check.elapsed() >= CHECK_INTERVAL {
             collector.check_connection();
         }
+        collector.notifier.keep_alive();
     }
-    collector.stop_workers();
+    collector.notifier.stopping();
+    let workers = std::mem::take(&mut collector.workers);
+    log::info!("stopping {} workers", workers.len());
+    stop_and_join(workers.into_values().collect());
     Ok(())
 }
 
-/// Opens the main repository connection, checks PoWA and listens.
-fn connect(repository: &ConnInfo) -> Result<(Client, PowaInstall), Error> {
-    log::debug!("connecting to the repository ({repository})");
-    let mut client = repository
-        .connect(&format!(
-            "PoWA collector - main thread ({})",
-            crate::VERSION
-        ))
-        .map_err(|e| {
-            Error::postgres(
-                format!("cannot connect to the repository ({repository})"),
-                e,
+/// The main thread's repository connection.
+struct MainConnection {
+    client: Client,
+    powa: PowaInstall,
+    server_version_num: i32,
+}
+
+impl MainConnection {
+    /// Connects, checks PoWA and listens.
+    fn open(repository: &ConnInfo) -> Result<MainConnection, Error> {
+        log::debug!("connecting to the repository ({repository})");
+        let mut client = repository
+            .connect(&format!(
+                "PoWA collector - main thread ({})",
+                crate::VERSION
+            ))
+            .map_err(|e| {
+                Error::postgres(
+                    format!("cannot connect to the repository ({repository})"),
+                    e,
+                )
+            })?;
+        let powa = repository::require_powa(&mut client, "the repository")?;
+        let server_version_num = client
+            .query_one(
+                "SELECT pg_catalog.current_setting('server_version_num')::int",
+                &[],
             )
-        })?;
-    let powa = repository::require_powa(&mut client, "the repository")?;
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .map_err(|e| Error::postgres("cannot LISTEN on the repository", e))?;
-    log::debug!("connected to the repository, PoWA {}", powa.version.text);
-    Ok((client, powa))
+            .map(|row| row.get(0))
+            .map_err(|e| Error::postgres("cannot read the repository's version", e))?;
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .map_err(|e| Error::postgres("cannot LISTEN on the repository", e))?;
+        log::debug!("connected to the repository, PoWA {}", powa.version.text);
+        Ok(MainConnection {
+            client,
+            powa,
+            server_version_num,
+        })
+    }
+}
+
+/// Reads the server list; unusable rows are logged and left out.
+fn read_servers(main: &mut MainConnection) -> Result<Vec<ServerSettings>, Error> {
+    let (servers, refused) = repository::list_servers(&mut main.client, &main.powa)
+        .map_err(|e| Error::postgres("cannot read the list of remote servers", e))?;
+    for why in refused {
+        log::error!("{why}; this server is not collected");
+    }
+    Ok(servers)
+}
+
+/// Stops `workers` and waits for them, at most [`SHUTDOWN_DEADLINE`].
+fn stop_and_join(workers: Vec<WorkerHandle>) {
+    if workers.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    for worker in &workers {
+        worker.request_stop();
+    }
+    let mut pending = workers;
+    let mut last_cancel = Instant::now();
+    while !pending.is_empty() && started.elapsed() < SHUTDOWN_DEADLINE {
+        let (finished, running): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(WorkerHandle::is_finished);
+        for worker in finished {
+            let name = worker.name().to_string();
+            worker.join();
+            log::debug!("worker {name} stopped");
+        }
+        pending = running;
+        if pending.is_empty() {
+            break;
+        }
+        if last_cancel.elapsed() >= CANCEL_RETRY_INTERVAL {
+            for worker in &pending {
+                worker.cancel_in_flight();
+            }
+            last_cancel = Instant::now();
+        }
+        std::thread::sleep(JOIN_POLL_INTERVAL);
+    }
+    for worker in pending {
+        log::warn!(
+            "worker {} did not stop within {}s; leaving it behind",
+            worker.name(),
+            SHUTDOWN_DEADLINE.as_secs()
+        );
+        worker.detach();
+    }
+    log::info!("workers stopped in {} ms", started.elapsed().as_millis());
 }
 
 /// The main thread's state.
 struct Collector {
     config: Config,
+    force_debug: bool,
     repository: ConnInfo,
     /// `None` while the repository is unreachable.
-    connection: Option<Client>,
+    connection: Option<MainConnection>,
     last_check: Instant,
     /// By server key (`host:port`).
     workers: BTreeMap<String, WorkerHandle>,
+    notifier: Notifier,
 }
 
 impl Collector {
-    fn start_worker(&mut self, server: crate::servers::ServerSettings) {
+    fn start_worker(&mut self, server: ServerSettings) {
         let key = server.key();
         match WorkerHandle::spawn(
             server,
@@ -172,24 +283,25 @@ impl Collector {
         log::info!("list of workers:");
         for worker in self.workers.values() {
             log::info!(
-                "  {}: {} (frequency {}s)",
+                "  {}: {} (frequency {}s, {})",
                 worker.name(),
                 worker.server().conninfo(),
-                worker.server().frequency
+                worker.server().frequency,
+                worker.status()
             );
         }
     }
 
     /// Waits up to [`POLL_INTERVAL`] for requests and serves what arrived.
     fn serve_notifications(&mut self) {
-        let Some(client) = self.connection.as_mut() else {
+        let Some(main) = self.connection.as_mut() else {
             std::thread::sleep(POLL_INTERVAL);
             return;
         };
         let mut received = Vec::new();
         let mut lost = None;
         {
-            let mut notifications = client.notifications();
+            let mut notifications = main.client.notifications();
             let first = notifications.timeout_iter(POLL_INTERVAL).next();
             match first {
                 Ok(Some(first)) => {
@@ -211,11 +323,9 @@ impl Collector {
             }
         }
         for notification in received {
-            log::debug!(
-                "request from backend {} ignored: {:?}",
-                notification.process_id(),
-                notification.payload()
-            );
+            if notification.channel() == CHANNEL {
+                self.serve(notification.process_id(), notification.payload());
+            }
         }
         if let Some(e) = lost {
             log::warn!(
@@ -226,11 +336,215 @@ impl Collector {
         }
     }
 
+    /// Serves one request from backend `pid`.
+    fn serve(&mut self, pid: i32, payload: &str) {
+        let request = protocol::parse(payload);
+        log::debug!("request from backend {pid}: {payload:?}");
+        let allowed = match self.connection.as_mut() {
+            Some(main) => repository::may_use_protocol(
+                &mut main.client,
+                &main.powa,
+                main.server_version_num,
+                pid,
+            )
+            .unwrap_or_else(|e| {
+                log::warn!(
+                    "cannot check the privileges of backend {pid}: {}",
+                    describe_postgres_error(&e)
+                );
+                false
+            }),
+            None => false,
+        };
+        let answer = if allowed {
+            self.execute(&request)
+        } else {
+            log::warn!(
+                "request {:?} from backend {pid} refused: its role may not use the collector",
+                request.command
+            );
+            Some(Answer::error("Permission denied"))
+        };
+        let (Some(answer), Some(channel)) = (answer, &request.channel) else {
+            return;
+        };
+        let payload = answer.payload(&request.command);
+        let Some(main) = self.connection.as_mut() else {
+            return;
+        };
+        if let Err(e) = main
+            .client
+            .execute("SELECT pg_catalog.pg_notify($1, $2)", &[channel, &payload])
+        {
+            log::warn!(
+                "cannot answer {:?} on channel {channel:?}: {}",
+                request.command,
+                describe_postgres_error(&e)
+            );
+        }
+    }
+
+    /// Carries out a permitted request; `None` when there is nothing to
+    /// answer.
+    fn execute(&mut self, request: &Request) -> Option<Answer> {
+        let command = match &request.parsed {
+            Ok(command) => command,
+            Err(refusal) => {
+                log::warn!("request {:?} refused: {}", request.command, refusal.data);
+                return Some(refusal.clone());
+            }
+        };
+        Some(match command {
+            Command::Reload => match self.reload() {
+                Ok(()) => Answer::ok("OK"),
+                Err(error) => Answer::error(error.to_string()),
+            },
+            Command::WorkersStatus { srvid } => {
+                // Nobody to tell: nothing to do.
+                request.channel.as_ref()?;
+                Answer::ok(self.workers_status(*srvid))
+            }
+            Command::ForceSnapshot { srvid } => match self.worker_of(*srvid) {
+                None => Answer::error(format!("Server id {srvid} not found")),
+                Some(worker) => match worker.force_snapshot() {
+                    Ok(state) => Answer::ok(state),
+                    Err(refusal) => Answer::error(refusal),
+                },
+            },
+            Command::RefreshDbCat { srvid, dbnames } => match self.worker_of(*srvid) {
+                None => Answer::error(format!("Server id {srvid} not found")),
+                Some(worker) => {
+                    worker.refresh_catalogs(dbnames.clone());
+                    Answer::ok("Catalogs will be refreshed during the next snapshot")
+                }
+            },
+        })
+    }
+
+    fn worker_of(&self, srvid: i32) -> Option<&WorkerHandle> {
+        self.workers.values().find(|w| w.server().srvid == srvid)
+    }
+
+    /// `{"1": "running", "2": "stopped"}`, formatted as the Python
+    /// collector formats it.
+    fn workers_status(&self, srvid: Option<i32>) -> String {
+        let mut statuses: Vec<(i32, WorkerStatus)> = self
+            .workers
+            .values()
+            .filter(|w| srvid.is_none_or(|id| w.server().srvid == id))
+            .map(|w| (w.server().srvid, w.status()))
+            .collect();
+        statuses.sort_by_key(|(id, _)| *id);
+        let entries: Vec<String> = statuses
+            .iter()
+            .map(|(id, status)| format!("\"{id}\": \"{status}\""))
+            .collect();
+        format!("{{{}}}", entries.join(", "))
+    }
+
+    /// Reloads, telling systemd; on failure the running configuration stays.
+    fn reload(&mut self) -> Result<(), Error> {
+        log::info!("reloading");
+        self.notifier.reloading();
+        let result = self.apply_reload();
+        self.notifier.ready();
+        match &result {
+            Ok(()) => {
+                log::info!("reload done");
+                self.log_workers();
+            }
+            Err(error) => log::error!("reload failed, keeping the running configuration: {error}"),
+        }
+        result
+    }
+
+    /// Re-reads the configuration file and the server list, then makes the
+    /// workers follow. Nothing changes unless both could be read.
+    fn apply_reload(&mut self) -> Result<(), Error> {
+        let config = config::load(Some(&self.config.path))?;
+        for key in &config.unknown_keys {
+            log::warn!("{}: unknown key {key} ignored", config.path.display());
+        }
+        let repository = config.repository()?;
+        let dsn_changed = config.repository_dsn != self.config.repository_dsn;
+        let mut moved = None;
+        if dsn_changed || self.connection.is_none() {
+            moved = Some(MainConnection::open(&repository)?);
+        }
+        let servers = match (&mut moved, &mut self.connection) {
+            (Some(main), _) | (None, Some(main)) => read_servers(main)?,
+            (None, None) => unreachable!("a connection was just opened"),
+        };
+
+        if let Some(main) = moved {
+            if dsn_changed {
+                log::info!("moving to the repository at {repository}");
+            }
+            self.connection = Some(main);
+            self.last_check = Instant::now();
+        }
+        self.repository = repository;
+        log::set_max_level(log_level(config.debug || self.force_debug));
+
+        let running: Vec<RunningWorker> = self
+            .workers
+            .values()
+            .map(|w| RunningWorker {
+                server: w.server().clone(),
+                name: w.name().to_string(),
+                finished: w.is_finished(),
+                healthy: w.status() == WorkerStatus::Running,
+            })
+            .collect();
+        let plan = servers::plan_reload(&running, &servers, config.use_server_alias);
+        self.config = config;
+
+        let mut stopping = Vec::new();
+        let mut starting = Vec::new();
+        for change in plan {
+            match change {
+                Change::Stop(key) => {
+                    log::info!("{key} is no longer listed, stopping its worker");
+                    stopping.extend(self.workers.remove(&key));
+                }
+                Change::Start(server) => {
+                    log::info!("{} was added, starting its worker", server.key());
+                    starting.push(server);
+                }
+                Change::Restart(server) => {
+                    log::info!("restarting the worker of {}", server.key());
+                    stopping.extend(self.workers.remove(&server.key()));
+                    starting.push(server);
+                }
+                Change::Update(server) | Change::Reconnect(server) => {
+                    if let Some(worker) = self.workers.get_mut(&server.key()) {
+                        worker.reload(server, self.repository.clone());
+                    }
+                }
+                Change::Refresh(key) => {
+                    if let Some(worker) = self.workers.get_mut(&key) {
+                        if dsn_changed {
+                            let server = worker.server().clone();
+                            worker.reload(server, self.repository.clone());
+                        } else {
+                            worker.refresh_versions();
+                        }
+                    }
+                }
+            }
+        }
+        stop_and_join(stopping);
+        for server in starting {
+            self.start_worker(server);
+        }
+        Ok(())
+    }
+
     /// Checks the repository connection, re-opening it when it dropped.
     fn check_connection(&mut self) {
         self.last_check = Instant::now();
-        if let Some(client) = self.connection.as_mut()
-            && let Err(e) = client.is_valid(CHECK_TIMEOUT)
+        if let Some(main) = self.connection.as_mut()
+            && let Err(e) = main.client.is_valid(CHECK_TIMEOUT)
         {
             log::warn!(
                 "connection to the repository lost: {}",
@@ -239,31 +553,13 @@ impl Collector {
             self.connection = None;
         }
         if self.connection.is_none() {
-            match connect(&self.repository) {
-                Ok((client, _)) => {
+            match MainConnection::open(&self.repository) {
+                Ok(main) => {
                     log::info!("reconnected to the repository");
-                    self.connection = Some(client);
+                    self.connection = Some(main);
                 }
                 Err(error) => log::error!("{error}; retrying in {}s", CHECK_INTERVAL.as_secs()),
             }
         }
-    }
-
-    /// Tells every worker to stop, then waits for each.
-    fn stop_workers(&mut self) {
-        log::info!("stopping all workers");
-        let started = Instant::now();
-        for worker in self.workers.values() {
-            worker.request_stop();
-        }
-        for (_, worker) in std::mem::take(&mut self.workers) {
-            let name = worker.name().to_string();
-            worker.join();
-            log::debug!("worker {name} joined");
-        }
-        log::info!(
-            "all workers stopped in {} ms",
-            started.elapsed().as_millis()
-        );
     }
 }

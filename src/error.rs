@@ -24,6 +24,8 @@ pub enum Error {
     },
     /// PoWA is missing or unusable on a server.
     Powa(String),
+    /// Work was abandoned because the collector is stopping.
+    Interrupted,
 }
 
 impl Error {
@@ -39,7 +41,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => EXIT_CONFIG,
-            Error::Postgres { .. } | Error::Powa(_) => EXIT_FAILURE,
+            Error::Postgres { .. } | Error::Powa(_) | Error::Interrupted => EXIT_FAILURE,
         }
     }
 }
@@ -48,6 +50,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Config(message) | Error::Powa(message) => f.write_str(message),
+            Error::Interrupted => f.write_str("interrupted: the worker is stopping"),
             Error::Postgres { context, source } => {
                 write!(f, "{context}: {}", describe_postgres_error(source))
             }

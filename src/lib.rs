@@ -20,9 +20,11 @@ pub mod collector;
 pub mod config;
 pub mod conninfo;
 pub mod error;
+pub mod protocol;
 pub mod repository;
 pub mod servers;
 pub mod snapshot;
+pub mod systemd;
 pub mod worker;
 
 pub use collector::{Control, run};

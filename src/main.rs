@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser};
 use log::LevelFilter;
 
-use powa_collector::{Control, config};
+use powa_collector::{Control, collector, config};
 
 /// Collects PoWA snapshots of remote PostgreSQL servers into a PoWA repository.
 #[derive(Parser)]
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(error.exit_code());
         }
     };
-    init_logging(cli.debug || config.debug);
+    init_logging(collector::log_level(cli.debug || config.debug));
     for key in &config.unknown_keys {
         log::warn!("{}: unknown key {key} ignored", config.path.display());
     }
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         eprintln!("powa-collector: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match powa_collector::run(config, &control) {
+    match powa_collector::run(config, cli.debug, &control) {
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
 
 /// Logs to stderr: time, level, thread (the worker's server name) and
 /// message. Only this crate logs below warning level.
-fn init_logging(debug: bool) {
+fn init_logging(level: LevelFilter) {
     env_logger::Builder::new()
         .filter_level(LevelFilter::Warn)
         .filter_module("powa_collector", LevelFilter::Debug)
@@ -82,9 +82,5 @@ fn init_logging(debug: bool) {
             )
         })
         .init();
-    log::set_max_level(if debug {
-        LevelFilter::Debug
-    } else {
-        LevelFilter::Info
-    });
+    log::set_max_level(level);
 }

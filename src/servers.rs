@@ -208,3 +208,208 @@ mod tests {
         assert!(!format!("{:?}", row()).contains("s3cret"));
     }
 }
+
+/// A running worker, as the reload diff sees it.
+#[derive(Debug, Clone)]
+pub struct RunningWorker {
+    pub server: ServerSettings,
+    /// The name it logs under.
+    pub name: String,
+    /// Its thread has ended (PoWA missing on the remote, for instance).
+    pub finished: bool,
+    /// Its status is `running`.
+    pub healthy: bool,
+}
+
+/// What a reload does to one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new server: start a worker.
+    Start(ServerSettings),
+    /// A server no longer listed: stop its worker.
+    Stop(String),
+    /// A server whose worker ended, or whose name changed: replace the
+    /// worker by a new one.
+    Restart(ServerSettings),
+    /// Settings changed: the worker takes them and reconnects.
+    Update(ServerSettings),
+    /// Unchanged but not running well: the worker reconnects.
+    Reconnect(ServerSettings),
+    /// Unchanged and running: the worker refreshes the saved versions.
+    Refresh(String),
+}
+
+/// The changes that take the `running` workers to the `listed` servers.
+///
+/// Servers are matched by key (`hostname:port`). `use_server_alias` is the
+/// new configuration's: a worker whose name would change is restarted,
+/// since a thread keeps its name for life.
+pub fn plan_reload(
+    running: &[RunningWorker],
+    listed: &[ServerSettings],
+    use_server_alias: bool,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for worker in running {
+        if !listed.iter().any(|s| s.key() == worker.server.key()) {
+            changes.push(Change::Stop(worker.server.key()));
+        }
+    }
+    for server in listed {
+        let key = server.key();
+        let change = match running.iter().find(|w| w.server.key() == key) {
+            None => Change::Start(server.clone()),
+            Some(worker)
+                if worker.finished || worker.name != server.display_name(use_server_alias) =>
+            {
+                Change::Restart(server.clone())
+            }
+            Some(worker) if worker.server != *server => Change::Update(server.clone()),
+            Some(worker) if !worker.healthy => Change::Reconnect(server.clone()),
+            Some(_) => Change::Refresh(key),
+        };
+        changes.push(change);
+    }
+    changes
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn server(srvid: i32, port: u16) -> ServerSettings {
+        ServerSettings {
+            srvid,
+            hostname: "db".into(),
+            port,
+            username: "powa".into(),
+            password: None,
+            dbname: "powa".into(),
+            frequency: 300,
+            alias: String::new(),
+        }
+    }
+
+    fn running(server: ServerSettings) -> RunningWorker {
+        RunningWorker {
+            name: server.key(),
+            server,
+            finished: false,
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn reload_plan() {
+        let a = server(1, 5432);
+        let b = server(2, 5433);
+        type Edit = fn(&mut ServerSettings);
+        let edits: &[(&str, Edit)] = &[
+            ("username", |s| s.username = "other".into()),
+            ("password", |s| s.password = Some("new".into())),
+            ("dbname", |s| s.dbname = "postgres".into()),
+            ("frequency", |s| s.frequency = 60),
+            ("alias", |s| s.alias = "prod".into()),
+        ];
+        // Each field change is an update of that server only.
+        for (field, edit) in edits {
+            let mut changed = a.clone();
+            edit(&mut changed);
+            assert_eq!(
+                plan_reload(
+                    &[running(a.clone()), running(b.clone())],
+                    &[changed.clone(), b.clone()],
+                    false
+                ),
+                [Change::Update(changed), Change::Refresh(b.key())],
+                "change of {field}"
+            );
+        }
+
+        type Case = (
+            &'static str,
+            Vec<RunningWorker>,
+            Vec<ServerSettings>,
+            bool,
+            Vec<Change>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "nothing running, nothing listed",
+                vec![],
+                vec![],
+                false,
+                vec![],
+            ),
+            (
+                "added",
+                vec![running(a.clone())],
+                vec![a.clone(), b.clone()],
+                false,
+                vec![Change::Refresh(a.key()), Change::Start(b.clone())],
+            ),
+            (
+                "removed (deleted, or frequency set to -1 and so not listed)",
+                vec![running(a.clone()), running(b.clone())],
+                vec![b.clone()],
+                false,
+                vec![Change::Stop(a.key()), Change::Refresh(b.key())],
+            ),
+            (
+                "host:port changed is a removal and an addition",
+                vec![running(a.clone())],
+                vec![server(1, 6000)],
+                false,
+                vec![Change::Stop(a.key()), Change::Start(server(1, 6000))],
+            ),
+            (
+                "unchanged but failed",
+                vec![RunningWorker {
+                    healthy: false,
+                    ..running(a.clone())
+                }],
+                vec![a.clone()],
+                false,
+                vec![Change::Reconnect(a.clone())],
+            ),
+            (
+                "worker ended",
+                vec![RunningWorker {
+                    finished: true,
+                    healthy: false,
+                    ..running(a.clone())
+                }],
+                vec![a.clone()],
+                false,
+                vec![Change::Restart(a.clone())],
+            ),
+            (
+                "alias change renames the worker when aliases are used",
+                vec![running(a.clone())],
+                vec![ServerSettings {
+                    alias: "prod".into(),
+                    ..a.clone()
+                }],
+                true,
+                vec![Change::Restart(ServerSettings {
+                    alias: "prod".into(),
+                    ..a.clone()
+                })],
+            ),
+            (
+                "use_server_alias turned on without aliases changes nothing",
+                vec![running(a.clone())],
+                vec![a.clone()],
+                true,
+                vec![Change::Refresh(a.key())],
+            ),
+        ];
+        for (what, running, listed, use_alias, expected) in cases {
+            assert_eq!(
+                plan_reload(&running, &listed, use_alias),
+                expected,
+                "{what}"
+            );
+        }
+    }
+}

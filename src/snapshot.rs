@@ -96,13 +96,15 @@ pub fn datasources(
 /// the repository connection's name, restored after `powa_take_snapshot`
 /// (which overwrites it). An `Err` means a connection or transaction failed
 /// and nothing was committed; errors of single datasources are in the
-/// report instead.
+/// report instead. `interrupted` is asked between steps: when it says yes,
+/// the snapshot is abandoned and rolled back (`Err(Error::Interrupted)`).
 pub fn take(
     remote: &mut Client,
     repo: &mut Client,
     remote_powa: &PowaInstall,
     srvid: i32,
     application_name: &str,
+    interrupted: &dyn Fn() -> bool,
 ) -> Result<SnapshotReport, Error> {
     let mut report = SnapshotReport::default();
     let repo_powa = repository::require_powa(repo, "the repository")?;
@@ -149,6 +151,9 @@ pub fn take(
 
     let copy_started = Instant::now();
     for source in &sources {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
         let Some(query_source) = &source.query_source else {
             log::warn!(
                 "datasource {} ({}) has no query_source, skipped",
@@ -196,6 +201,9 @@ pub fn take(
     }
     report.copy_time = copy_started.elapsed();
 
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
     let snapshot_started = Instant::now();
     let mut savepoint = repo_tx
         .savepoint("powa_take_snapshot")

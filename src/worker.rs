@@ -1,10 +1,18 @@
 //! One thread per remote server: its connection, its schedule, its status.
 //!
 //! The main thread owns a [`WorkerHandle`] per server: a channel to send the
-//! worker messages, the thread's join handle, and the status it reports. The
-//! worker sleeps in `recv_timeout` until its next snapshot is due: a timeout
-//! means "take a snapshot", a message means "act on it", and a closed
-//! channel means the main thread is gone, so the worker exits.
+//! worker messages, the thread's join handle, and a small state shared with
+//! the worker (its status, whether a snapshot runs, and the cancel tokens of
+//! that snapshot's connections). The worker sleeps in `recv_timeout` until
+//! its next snapshot is due: a timeout means "take a snapshot", a message
+//! means "act on it", and a closed channel means the main thread is gone, so
+//! the worker exits. A message sent while a snapshot runs waits in the
+//! channel and is acted on right after.
+//!
+//! Stopping is prompt: [`WorkerHandle::request_stop`] marks the worker as
+//! stopping (checked between the steps of a snapshot) and cancels the query
+//! in flight, so the snapshot's transactions are rolled back and nothing is
+//! half-written.
 //!
 //! The worker keeps a persistent connection to its remote server and opens a
 //! repository connection only when it needs one (start-up bookkeeping, a
@@ -12,17 +20,23 @@
 
 use std::fmt;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::Client;
+use postgres::{CancelToken, Client};
 
 use crate::conninfo::ConnInfo;
-use crate::error::Error;
+use crate::error::{Error, describe_postgres_error};
 use crate::repository::{self, ErrorReport, LastSnapshot, PowaInstall};
 use crate::servers::ServerSettings;
 use crate::snapshot;
+
+/// A forced snapshot is refused when the last one started less than this
+/// long ago.
+pub const FORCED_SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a forced snapshot request waits to see the snapshot start.
+const FORCED_SNAPSHOT_START_WAIT: Duration = Duration::from_millis(100);
 
 /// What a worker is doing, as reported to the UI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +69,59 @@ impl fmt::Display for WorkerStatus {
 }
 
 /// Messages from the main thread to a worker.
-#[derive(Debug)]
 enum Message {
     Stop,
+    /// New settings (or the same, to reconnect): reconnect with them.
+    Reload {
+        server: ServerSettings,
+        repository: Box<ConnInfo>,
+    },
+    /// Save the remote's versions in the repository again.
+    RefreshVersions,
+    ForceSnapshot,
+    /// Refresh these databases' catalogs (all when empty) at the next
+    /// snapshot, where the repository has catalogs.
+    RefreshCatalogs(Vec<String>),
 }
+
+/// State the worker shares with its handle. Locked briefly, never across
+/// I/O.
+#[derive(Default)]
+struct Shared {
+    status: Option<WorkerStatus>,
+    stopping: bool,
+    snapshot_running: bool,
+    forced_pending: bool,
+    last_snapshot: Option<Instant>,
+    /// The in-flight snapshot's connections, to cancel their queries.
+    in_flight: Vec<(ConnInfo, CancelToken)>,
+}
+
+#[derive(Default)]
+struct SharedState {
+    state: Mutex<Shared>,
+    changed: Condvar,
+}
+
+impl SharedState {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_status(&self, status: WorkerStatus) {
+        self.lock().status = Some(status);
+    }
+}
+
+/// Why a forced snapshot was refused.
+pub type Refusal = String;
 
 /// The main thread's end of a worker.
 pub struct WorkerHandle {
     server: ServerSettings,
     name: String,
     sender: Sender<Message>,
-    status: Arc<Mutex<WorkerStatus>>,
+    shared: Arc<SharedState>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -78,14 +134,15 @@ impl WorkerHandle {
     ) -> std::io::Result<WorkerHandle> {
         let name = server.display_name(use_server_alias);
         let (sender, inbox) = mpsc::channel();
-        let status = Arc::new(Mutex::new(WorkerStatus::NoRemoteConnection));
+        let shared = Arc::new(SharedState::default());
         let worker = Worker {
             server: server.clone(),
             name: name.clone(),
             repository,
             remote: None,
-            status: Arc::clone(&status),
+            shared: Arc::clone(&shared),
             inbox,
+            catalogs_to_refresh: None,
         };
         let thread = std::thread::Builder::new()
             .name(name.clone())
@@ -94,7 +151,7 @@ impl WorkerHandle {
             server,
             name,
             sender,
-            status,
+            shared,
             thread: Some(thread),
         })
     }
@@ -109,20 +166,110 @@ impl WorkerHandle {
         &self.server
     }
 
-    /// The worker's status; `stopped` once its thread has ended.
-    pub fn status(&self) -> WorkerStatus {
-        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
-            return WorkerStatus::Stopped;
-        }
-        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Whether the worker's thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
-    /// Asks the worker to stop; it does so as soon as its current snapshot,
-    /// if any, is over.
-    pub fn request_stop(&self) {
-        if self.sender.send(Message::Stop).is_ok() {
-            set_status(&self.status, WorkerStatus::Stopping);
+    /// The worker's status; `stopped` once its thread has ended.
+    pub fn status(&self) -> WorkerStatus {
+        if self.is_finished() {
+            return WorkerStatus::Stopped;
         }
+        let shared = self.shared.lock();
+        if shared.stopping {
+            return WorkerStatus::Stopping;
+        }
+        shared.status.unwrap_or(WorkerStatus::NoRemoteConnection)
+    }
+
+    /// Asks the worker to stop, cancelling the query its snapshot runs, if
+    /// any. Returns at once; [`WorkerHandle::join`] waits.
+    pub fn request_stop(&self) {
+        self.shared.lock().stopping = true;
+        let _ = self.sender.send(Message::Stop);
+        self.cancel_in_flight();
+    }
+
+    /// Cancels the queries of the snapshot in flight, if any.
+    pub fn cancel_in_flight(&self) {
+        let in_flight = self.shared.lock().in_flight.clone();
+        for (conninfo, token) in in_flight {
+            if let Err(e) = cancel(&conninfo, &token) {
+                log::debug!("cancel request to {conninfo} failed: {e}");
+            }
+        }
+    }
+
+    /// Gives the worker new settings (or the same, to make it reconnect).
+    pub fn reload(&mut self, server: ServerSettings, repository: ConnInfo) {
+        self.server = server.clone();
+        let _ = self.sender.send(Message::Reload {
+            server,
+            repository: Box::new(repository),
+        });
+    }
+
+    /// Asks the worker to save the remote's versions again.
+    pub fn refresh_versions(&self) {
+        let _ = self.sender.send(Message::RefreshVersions);
+    }
+
+    /// Asks the worker to refresh catalogs at its next snapshot.
+    pub fn refresh_catalogs(&self, dbnames: Vec<String>) {
+        let _ = self.sender.send(Message::RefreshCatalogs(dbnames));
+    }
+
+    /// Asks for a snapshot now. Refused while one runs or is already asked
+    /// for, and within [`FORCED_SNAPSHOT_MIN_INTERVAL`] of the last one.
+    /// On success, says whether the snapshot has begun.
+    pub fn force_snapshot(&self) -> Result<&'static str, Refusal> {
+        if self.is_finished() {
+            return Err(format!(
+                "The worker of server {} is stopped",
+                self.server.srvid
+            ));
+        }
+        {
+            let mut shared = self.shared.lock();
+            if shared.snapshot_running {
+                return Err("A snapshot is already in progress".into());
+            }
+            if shared.forced_pending {
+                return Err("A forced snapshot is already scheduled".into());
+            }
+            if shared
+                .last_snapshot
+                .is_some_and(|last| last.elapsed() < FORCED_SNAPSHOT_MIN_INTERVAL)
+            {
+                return Err("Last snapshot was less than 10s. ago".into());
+            }
+            shared.forced_pending = true;
+        }
+        if self.sender.send(Message::ForceSnapshot).is_err() {
+            self.shared.lock().forced_pending = false;
+            return Err(format!(
+                "The worker of server {} is stopped",
+                self.server.srvid
+            ));
+        }
+        let shared = self.shared.lock();
+        let (shared, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(shared, FORCED_SNAPSHOT_START_WAIT, |s| !s.snapshot_running)
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(if shared.snapshot_running {
+            "Snapshot in progress"
+        } else {
+            "Snapshot will begin shortly"
+        })
+    }
+
+    /// Lets the worker's thread go on alone: it ends by itself once it sees
+    /// it is stopping. For a worker that would not stop in time.
+    pub fn detach(mut self) {
+        self.thread.take();
     }
 
     /// Waits for the worker's thread to end.
@@ -149,8 +296,10 @@ impl Drop for WorkerHandle {
     }
 }
 
-fn set_status(status: &Mutex<WorkerStatus>, value: WorkerStatus) {
-    *status.lock().unwrap_or_else(PoisonError::into_inner) = value;
+/// Sends a cancel request for the query running on `token`'s connection.
+fn cancel(conninfo: &ConnInfo, token: &CancelToken) -> Result<(), postgres::Error> {
+    let _ = conninfo;
+    token.cancel_query(postgres::NoTls)
 }
 
 /// When the next snapshot is due.
@@ -189,6 +338,21 @@ impl Schedule {
             at + self.period
         };
     }
+
+    /// Records that an unscheduled (forced) snapshot started at `at`: the
+    /// grid starts again from it.
+    pub fn restart(&mut self, at: Instant) {
+        self.next = at + self.period;
+    }
+
+    /// Changes the period; the next snapshot is one new period after the
+    /// last one.
+    pub fn change_period(&mut self, period: Duration) {
+        if period != self.period {
+            self.next = self.next.checked_sub(self.period).unwrap_or(self.next) + period;
+            self.period = period;
+        }
+    }
 }
 
 /// Delay before the first snapshot of a worker that starts now.
@@ -224,80 +388,114 @@ struct Worker {
     name: String,
     repository: ConnInfo,
     remote: Option<Remote>,
-    status: Arc<Mutex<WorkerStatus>>,
+    shared: Arc<SharedState>,
     inbox: Receiver<Message>,
+    /// Catalog refresh asked for: `Some(empty)` means every database.
+    catalogs_to_refresh: Option<Vec<String>>,
 }
 
 impl Worker {
     fn run(mut self) {
         log::info!("starting worker for {:?}", self.server);
-        let mut schedule = match self.start() {
-            Ok(schedule) => schedule,
-            Err(Fatal::PowaUnusable(error)) => {
-                log::error!("{error}; this worker stops");
-                self.stopped();
-                return;
-            }
-            Err(Fatal::NotRegistered) => {
-                log::error!(
-                    "server {} was not correctly registered (no powa_snapshot_metas record); \
-                     this worker stops",
-                    self.server.srvid
-                );
-                self.stopped();
-                return;
-            }
-        };
-        // Any message (only Stop for now) or a closed channel ends the loop.
-        while let Err(RecvTimeoutError::Timeout) =
-            self.inbox.recv_timeout(schedule.wait(Instant::now()))
-        {
-            schedule.started(Instant::now());
-            if let Err(Fatal::PowaUnusable(error)) = self.snapshot() {
-                log::error!("{error}; this worker stops");
-                break;
-            }
+        let outcome = self.start().and_then(|schedule| self.serve(schedule));
+        match outcome {
+            Ok(()) => {}
+            Err(Fatal::PowaUnusable(error)) => log::error!("{error}; this worker stops"),
+            Err(Fatal::NotRegistered) => log::error!(
+                "server {} was not correctly registered (no powa_snapshot_metas record); \
+                 this worker stops",
+                self.server.srvid
+            ),
         }
-        self.stopped();
+        self.shared.set_status(WorkerStatus::Stopping);
+        self.remote = None;
+        self.shared.set_status(WorkerStatus::Stopped);
+        log::info!("stopped");
     }
 
-    fn stopped(&mut self) {
-        set_status(&self.status, WorkerStatus::Stopping);
-        self.remote = None;
-        set_status(&self.status, WorkerStatus::Stopped);
-        log::info!("stopped");
+    /// The worker's loop: snapshots when due, messages when they come.
+    fn serve(&mut self, mut schedule: Schedule) -> Result<(), Fatal> {
+        loop {
+            match self.inbox.recv_timeout(schedule.wait(Instant::now())) {
+                Err(RecvTimeoutError::Timeout) => {
+                    schedule.started(Instant::now());
+                    self.snapshot()?;
+                }
+                Ok(Message::ForceSnapshot) => {
+                    log::info!("forced snapshot");
+                    schedule.restart(Instant::now());
+                    self.snapshot()?;
+                }
+                Ok(Message::Reload { server, repository }) => {
+                    log::info!("reloading with {server:?}");
+                    schedule.change_period(server.period());
+                    self.server = server;
+                    self.repository = *repository;
+                    self.remote = None;
+                    self.refresh()?;
+                }
+                Ok(Message::RefreshVersions) => {
+                    self.refresh()?;
+                }
+                Ok(Message::RefreshCatalogs(dbnames)) => {
+                    log::debug!("catalog refresh asked for {dbnames:?}");
+                    self.catalogs_to_refresh = match self.catalogs_to_refresh.take() {
+                        Some(all) if all.is_empty() => Some(all),
+                        _ if dbnames.is_empty() => Some(Vec::new()),
+                        Some(mut some) => {
+                            some.extend(dbnames);
+                            Some(some)
+                        }
+                        None => Some(dbnames),
+                    };
+                }
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
     }
 
     /// Connects, checks PoWA on the remote, saves the versions and works out
     /// when the first snapshot is due.
     fn start(&mut self) -> Result<Schedule, Fatal> {
-        let remote_error = self.connect_remote()?;
-        let last = match self.connect_repository() {
-            Ok((mut repo, powa)) => {
-                if let Some(error) = &remote_error {
-                    self.report(&mut repo, &powa, error);
-                }
-                self.save_versions(&mut repo, &powa);
+        let last = match self.refresh()? {
+            Some((mut repo, powa)) => {
                 match repository::last_snapshot(&mut repo, &powa, self.server.srvid) {
                     Ok(LastSnapshot::NotRegistered) => return Err(Fatal::NotRegistered),
                     Ok(last) => last,
                     Err(e) => {
                         log::warn!(
                             "cannot read the last snapshot time: {}",
-                            crate::error::describe_postgres_error(&e)
+                            describe_postgres_error(&e)
                         );
                         LastSnapshot::Never
                     }
                 }
             }
-            Err(error) => {
-                log::error!("{error}");
-                LastSnapshot::Never
-            }
+            None => LastSnapshot::Never,
         };
         let delay = first_delay(last, self.server.frequency, |below| fastrand::u32(..below));
         log::debug!("last snapshot: {last:?}; first snapshot in {delay:.1?}");
         Ok(Schedule::new(Instant::now(), delay, self.server.period()))
+    }
+
+    /// Connects to the remote server if needed and records the outcome in
+    /// the repository: the connection error for the UI, or the remote's
+    /// versions. Returns the repository connection, if it could be opened.
+    fn refresh(&mut self) -> Result<Option<(Client, PowaInstall)>, Fatal> {
+        let remote_error = self.connect_remote()?;
+        match self.connect_repository() {
+            Ok((mut repo, powa)) => {
+                match &remote_error {
+                    Some(error) => self.report(&mut repo, &powa, error),
+                    None => self.save_versions(&mut repo, &powa),
+                }
+                Ok(Some((repo, powa)))
+            }
+            Err(error) => {
+                log::error!("{error}");
+                Ok(None)
+            }
+        }
     }
 
     /// Connects to the remote server if not connected. A connection error is
@@ -320,7 +518,7 @@ impl Worker {
             Ok(client) => client,
             Err(error) => {
                 log::error!("{error}");
-                set_status(&self.status, WorkerStatus::NoRemoteConnection);
+                self.shared.set_status(WorkerStatus::NoRemoteConnection);
                 return Ok(Some(error));
             }
         };
@@ -333,7 +531,7 @@ impl Worker {
             }
             Err(error) => {
                 log::error!("{error}");
-                set_status(&self.status, WorkerStatus::NoRemoteConnection);
+                self.shared.set_status(WorkerStatus::NoRemoteConnection);
                 return Ok(Some(error));
             }
         };
@@ -347,7 +545,7 @@ impl Worker {
         }
         log::debug!("connected to the remote server, PoWA {}", powa.version.text);
         self.remote = Some(Remote { client, powa });
-        set_status(&self.status, WorkerStatus::Running);
+        self.shared.set_status(WorkerStatus::Running);
         Ok(None)
     }
 
@@ -357,7 +555,7 @@ impl Worker {
             .repository
             .connect(&self.repository_application_name())
             .map_err(|e| {
-                set_status(&self.status, WorkerStatus::NoRepositoryConnection);
+                self.shared.set_status(WorkerStatus::NoRepositoryConnection);
                 Error::postgres(
                     format!("cannot connect to the repository ({})", self.repository),
                     e,
@@ -410,6 +608,7 @@ impl Worker {
 
     /// Takes one snapshot, connecting first when needed.
     fn snapshot(&mut self) -> Result<(), Fatal> {
+        self.shared.lock().forced_pending = false;
         if let Some(error) = self.connect_remote()? {
             if let Ok((mut repo, powa)) = self.connect_repository() {
                 self.report(&mut repo, &powa, &error);
@@ -424,19 +623,46 @@ impl Worker {
                 return Ok(());
             }
         };
-        set_status(&self.status, WorkerStatus::Running);
         let application_name = self.repository_application_name();
         let Some(remote) = self.remote.as_mut() else {
             return Ok(());
         };
         let started = Instant::now();
-        match snapshot::take(
+        {
+            let mut shared = self.shared.lock();
+            if shared.stopping {
+                return Ok(());
+            }
+            shared.status = Some(WorkerStatus::Running);
+            shared.snapshot_running = true;
+            shared.last_snapshot = Some(started);
+            shared.in_flight = vec![
+                (self.server.conninfo(), remote.client.cancel_token()),
+                (self.repository.clone(), repo.cancel_token()),
+            ];
+        }
+        self.shared.changed.notify_all();
+        if let Some(dbnames) = self.catalogs_to_refresh.take()
+            && remote.powa.version.major < 5
+        {
+            log::debug!("no catalogs to refresh in PoWA 4 (asked for {dbnames:?})");
+        }
+        let shared = Arc::clone(&self.shared);
+        let interrupted = move || shared.lock().stopping;
+        let outcome = snapshot::take(
             &mut remote.client,
             &mut repo,
             &remote.powa,
             self.server.srvid,
             &application_name,
-        ) {
+            &interrupted,
+        );
+        {
+            let mut shared = self.shared.lock();
+            shared.snapshot_running = false;
+            shared.in_flight.clear();
+        }
+        match outcome {
             Ok(report) => match report.skipped {
                 Some(why) => log::info!("snapshot skipped: {why}"),
                 None => log::info!(
@@ -452,10 +678,13 @@ impl Worker {
                     }
                 ),
             },
+            Err(_) if self.shared.lock().stopping => {
+                log::info!("snapshot interrupted and rolled back: the worker is stopping");
+            }
             Err(error) => {
                 log::error!("snapshot failed: {error}");
                 if remote.client.is_closed() {
-                    set_status(&self.status, WorkerStatus::NoRemoteConnection);
+                    self.shared.set_status(WorkerStatus::NoRemoteConnection);
                 }
                 // The next snapshot starts from fresh connections.
                 self.remote = None;
@@ -536,6 +765,19 @@ mod tests {
         let late = t0 + Duration::from_secs(23);
         schedule.started(late);
         assert_eq!(schedule.wait(late), PERIOD);
+    }
+
+    #[test]
+    fn forced_snapshots_and_new_periods_move_the_grid() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(t0, PERIOD, PERIOD);
+        let forced = t0 + Duration::from_secs(2);
+        schedule.restart(forced);
+        assert_eq!(schedule.wait(forced), PERIOD);
+        schedule.change_period(Duration::from_secs(60));
+        assert_eq!(schedule.wait(forced), Duration::from_secs(60));
+        schedule.change_period(Duration::from_secs(60));
+        assert_eq!(schedule.wait(forced), Duration::from_secs(60));
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Failures the collector must survive and report in
+//! `powa_snapshot_metas.errors`: a remote without PoWA, a datasource that
+//! cannot be stored on the repository.
+
+use std::time::Duration;
+
+use postgres::Client;
+
+use crate::harness::{Cluster, Collector, RemoteOptions, SnapshotMeta, snapshot_meta, wait_until};
+
+/// The last snapshot of a server and the history rows it stored.
+#[derive(Debug)]
+struct SnapshotState {
+    meta: SnapshotMeta,
+    /// Rows of `powa_statements_history_current` taken by the last snapshot.
+    statements_rows: i64,
+    /// Rows of `powa_wait_sampling_history_current` taken by the last snapshot.
+    wait_sampling_rows: i64,
+}
+
+/// Reads the last snapshot of `srvid` and its rows in one statement, so that
+/// all of it belongs to one snapshot. A row belongs to the last snapshot when
+/// its remote timestamp is less than half a period (of 5 s) older than
+/// `snapts`: the rows of the previous snapshot are a whole period older.
+fn snapshot_state(repo: &mut Client, srvid: i32) -> SnapshotState {
+    let row = repo
+        .query_one(
+            "SELECT m.coalesce_seq, extract(epoch FROM m.snapts)::float8, m.errors, \
+               (SELECT count(*) FROM powa_statements_history_current h \
+                 WHERE h.srvid = m.srvid AND (h.record).ts > m.snapts - interval '2.5 s'), \
+               (SELECT count(*) FROM powa_wait_sampling_history_current w \
+                 WHERE w.srvid = m.srvid AND (w.record).ts > m.snapts - interval '2.5 s') \
+             FROM powa_snapshot_metas m WHERE m.srvid = $1",
+            &[&srvid],
+        )
+        .unwrap_or_else(|error| panic!("snapshot state of server {srvid}: {error}"));
+    SnapshotState {
+        meta: SnapshotMeta {
+            coalesce_seq: row.get(0),
+            snapts: row.get(1),
+            errors: row.get(2),
+        },
+        statements_rows: row.get(3),
+        wait_sampling_rows: row.get(4),
+    }
+}
+
+/// Sessions of the collector on a cluster.
+fn collector_sessions(cluster: &Cluster) -> i64 {
+    cluster
+        .connect("postgres")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'PoWA collector%'",
+            &[],
+        )
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[test]
+fn remote_without_powa_stops_only_its_worker() {
+    let repository = Cluster::repository();
+    let healthy = Cluster::remote(&RemoteOptions::default());
+    let bare = Cluster::remote(&RemoteOptions {
+        powa: false,
+        ..RemoteOptions::default()
+    });
+    let good = repository.register_remote(&healthy, "healthy", 5);
+    let bad = repository.register_remote(&bare, "without-powa", 5);
+    let mut repo = repository.connect_powa();
+
+    let mut collector = Collector::start(&repository);
+    collector.wait_for(
+        Duration::from_secs(20),
+        "\"PoWA extension not found\" in the errors of the remote without powa",
+        || {
+            let meta = snapshot_meta(&mut repo, bad);
+            if meta.has_error_containing("powa extension not found") {
+                Ok(())
+            } else {
+                Err(format!("{meta:?}"))
+            }
+        },
+    );
+
+    let seen_at = snapshot_meta(&mut repo, good).coalesce_seq;
+    collector.wait_for(
+        Duration::from_secs(20),
+        "two more snapshots of the healthy remote",
+        || {
+            let meta = snapshot_meta(&mut repo, good);
+            assert!(
+                meta.errors.is_none(),
+                "errors on the healthy remote: {:?}",
+                meta.errors
+            );
+            if meta.coalesce_seq >= seen_at + 2 {
+                Ok(())
+            } else {
+                Err(format!("{meta:?}"))
+            }
+        },
+    );
+
+    wait_until(
+        Duration::from_secs(10),
+        "the collector to leave the remote without powa",
+        || collector_sessions(&bare) == 0,
+    );
+    let meta = snapshot_meta(&mut repo, bad);
+    assert_eq!(
+        meta.coalesce_seq, 1,
+        "the remote without powa got a snapshot"
+    );
+    assert!(
+        meta.has_error_containing("powa extension not found"),
+        "the error went away: {meta:?}"
+    );
+    assert!(
+        collector_sessions(&healthy) >= 1,
+        "the healthy worker left its remote"
+    );
+}
+
+#[test]
+fn datasource_failing_on_the_repository_is_reported_and_others_land() {
+    let repository = Cluster::repository();
+    let remote = Cluster::remote(&RemoteOptions::default());
+    let srvid = repository.register_remote(&remote, "remote", 5);
+    let mut repo = repository.connect_powa();
+
+    let mut collector = Collector::start(&repository);
+    collector.wait_for(Duration::from_secs(20), "a first snapshot", || {
+        let meta = snapshot_meta(&mut repo, srvid);
+        assert!(meta.errors.is_none(), "errors: {:?}", meta.errors);
+        if meta.coalesce_seq >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{meta:?}"))
+        }
+    });
+
+    // COPY of the remote's rows into this table now fails: a column is
+    // missing from them.
+    repo.batch_execute("ALTER TABLE powa_wait_sampling_src_tmp ADD COLUMN broken int NOT NULL")
+        .expect("break powa_wait_sampling_src_tmp");
+    let failed = collector.wait_for(
+        Duration::from_secs(20),
+        "a snapshot with an error about powa_wait_sampling_src",
+        || {
+            let state = snapshot_state(&mut repo, srvid);
+            if state.meta.has_error_containing("powa_wait_sampling_src") {
+                Ok(state)
+            } else {
+                Err(format!("{state:?}"))
+            }
+        },
+    );
+    println!("failed snapshot: {failed:?}");
+    assert!(
+        failed.statements_rows > 0,
+        "the statements of the failed snapshot did not land: {failed:?}"
+    );
+    assert_eq!(
+        failed.wait_sampling_rows, 0,
+        "wait sampling rows landed although their COPY failed: {failed:?}"
+    );
+
+    repo.batch_execute("ALTER TABLE powa_wait_sampling_src_tmp DROP COLUMN broken")
+        .expect("repair powa_wait_sampling_src_tmp");
+    let fixed_at = snapshot_meta(&mut repo, srvid).coalesce_seq;
+    let repaired = collector.wait_for(
+        Duration::from_secs(20),
+        "a snapshot without errors and with wait sampling rows",
+        || {
+            let state = snapshot_state(&mut repo, srvid);
+            if state.meta.coalesce_seq > fixed_at
+                && state.meta.errors.is_none()
+                && state.wait_sampling_rows > 0
+            {
+                Ok(state)
+            } else {
+                Err(format!("{state:?}"))
+            }
+        },
+    );
+    println!("repaired snapshot: {repaired:?}");
+    assert!(repaired.statements_rows > 0, "{repaired:?}");
+}

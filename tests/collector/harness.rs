@@ -1,0 +1,826 @@
+//! Test harness: throwaway PostgreSQL 15 clusters (PoWA remotes and
+//! repositories) and the real `powa-collector` binary, each owned by a value
+//! whose `Drop` stops it, also when the test panics, and prints its log when
+//! it does.
+//!
+//! Run by the test threads; every test owns its clusters and its collector,
+//! so tests run in parallel.
+
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use tempfile::TempDir;
+
+/// PostgreSQL 15 server binaries (Debian package `postgresql-15`).
+const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+/// Extension control and script files.
+const PG_EXTDIR: &str = "/usr/share/postgresql/15/extension";
+/// Extension shared libraries.
+const PG_LIBDIR: &str = "/usr/lib/postgresql/15/lib";
+
+/// Libraries a PoWA 4 remote preloads.
+const REMOTE_PRELOAD: &str = "pg_stat_statements,pg_qualstats,pg_stat_kcache,pg_wait_sampling";
+
+/// The extensions the clusters use, with the Debian package providing each.
+const EXTENSION_PACKAGES: [(&str, &str); 6] = [
+    ("pg_stat_statements", "postgresql-15"),
+    ("btree_gist", "postgresql-15"),
+    ("powa", "postgresql-15-powa"),
+    ("pg_qualstats", "postgresql-15-pg-qualstats"),
+    ("pg_stat_kcache", "postgresql-15-pg-stat-kcache"),
+    ("pg_wait_sampling", "postgresql-15-pg-wait-sampling"),
+];
+
+/// How often `wait_for` and `wait_until` look at their condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a stopping collector may take before it is killed.
+const COLLECTOR_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How many free ports to try when another process takes ours first.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Lines of a log printed when a test fails.
+const LOG_TAIL_LINES: usize = 300;
+
+/// The user PostgreSQL runs as when the tests run as root.
+const POSTGRES_USER: &str = "postgres";
+
+/// Polls `condition` every `POLL_INTERVAL` until it returns `Ok`, and returns
+/// that value. `Err` carries the state observed, for the message when
+/// `timeout` passes: the panic says what was awaited and what was seen last.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match condition() {
+            Ok(value) => return value,
+            Err(state) => {
+                if Instant::now() >= deadline {
+                    panic!("timed out after {timeout:?} waiting for {what}; last seen: {state}");
+                }
+            }
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Polls `condition` every `POLL_INTERVAL` until it holds; panics after
+/// `timeout` saying what was awaited.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    wait_for(timeout, what, || {
+        if condition() {
+            Ok(())
+        } else {
+            Err("condition false".to_string())
+        }
+    });
+}
+
+fn running_as_root() -> bool {
+    let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .is_some_and(|euid| euid == "0")
+}
+
+fn require_pg_binary(name: &str) -> PathBuf {
+    let path = Path::new(PG_BINDIR).join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: install the Debian package postgresql-15",
+        path.display()
+    );
+    path
+}
+
+fn require_extension(name: &str) {
+    let package = EXTENSION_PACKAGES
+        .iter()
+        .find(|(extension, _)| *extension == name)
+        .map(|(_, package)| *package)
+        .unwrap_or_else(|| panic!("no Debian package known for extension {name}"));
+    for path in [
+        Path::new(PG_EXTDIR).join(format!("{name}.control")),
+        Path::new(PG_LIBDIR).join(format!("{name}.so")),
+    ] {
+        assert!(
+            path.is_file(),
+            "{} is missing: install the Debian package {package}",
+            path.display()
+        );
+    }
+}
+
+/// A command running a PostgreSQL binary, as user postgres when we are root
+/// (initdb and postgres refuse to run as root).
+fn pg_command(name: &str, cwd: &Path) -> Command {
+    let program = require_pg_binary(name);
+    let mut command = if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", POSTGRES_USER, "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    };
+    // The caller's directory may not be readable by postgres.
+    command.current_dir(cwd);
+    command
+}
+
+fn run(command: &mut Command, what: &str) -> Output {
+    command.output().unwrap_or_else(|error| {
+        panic!(
+            "cannot run {what} ({command:?}): {error}{}",
+            if running_as_root() {
+                " (as root, PostgreSQL runs through runuser, from the Debian package util-linux)"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
+fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Where clusters get their directory: the temporary directory, unless user
+/// postgres (when we are root) could not reach it, or the Unix socket path in
+/// it would be too long; then /tmp.
+fn cluster_parent_dir() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Room left for `/powa-collector-test-XXXXXX/.s.PGSQL.NNNNN` in the
+    /// 107 bytes of a Unix socket path.
+    const MAX_PARENT_LEN: usize = 64;
+    let parent = std::env::temp_dir();
+    let reachable = !running_as_root()
+        || parent
+            .ancestors()
+            .all(|dir| fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0));
+    if reachable && parent.as_os_str().len() <= MAX_PARENT_LEN {
+        parent
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1");
+    listener.local_addr().expect("local address").port()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if start > 0 {
+        let _ = writeln!(out, "[... {start} earlier lines]");
+    }
+    for line in &all[start..] {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// What a remote cluster has.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// Create extension `powa` in database `powa`.
+    pub powa: bool,
+    /// `pg_stat_statements.max`, when not the default.
+    pub pgss_max: Option<u32>,
+    /// `pg_stat_statements.track = all` (nested statements too).
+    pub track_all: bool,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            powa: true,
+            pgss_max: None,
+            track_all: false,
+        }
+    }
+}
+
+/// A PostgreSQL 15 cluster in a temporary directory, listening on 127.0.0.1
+/// and on a Unix socket in that directory. Stopped when dropped.
+pub struct Cluster {
+    name: String,
+    dir: TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    /// A PoWA 4 remote server: the stat extensions preloaded, and database
+    /// `powa` with `pg_stat_statements`, `btree_gist`, `powa` (unless
+    /// `options.powa` is false), `pg_qualstats`, `pg_stat_kcache` and
+    /// `pg_wait_sampling`.
+    pub fn remote(options: &RemoteOptions) -> Cluster {
+        let mut extensions = vec!["pg_stat_statements", "btree_gist"];
+        if options.powa {
+            extensions.push("powa");
+        }
+        extensions.extend(["pg_qualstats", "pg_stat_kcache", "pg_wait_sampling"]);
+        for extension in &extensions {
+            require_extension(extension);
+        }
+
+        let mut settings = vec![("shared_preload_libraries", format!("'{REMOTE_PRELOAD}'"))];
+        if let Some(max) = options.pgss_max {
+            settings.push(("pg_stat_statements.max", max.to_string()));
+        }
+        if options.track_all {
+            settings.push(("pg_stat_statements.track", "all".to_string()));
+        }
+        let name = if options.powa {
+            "remote"
+        } else {
+            "remote without powa"
+        };
+        let cluster = Cluster::start(name, &settings);
+
+        cluster.create_powa_database();
+        let mut client = cluster.connect_powa();
+        for extension in &extensions {
+            client
+                .batch_execute(&format!("CREATE EXTENSION {extension}"))
+                .unwrap_or_else(|error| {
+                    panic!("{}: CREATE EXTENSION {extension}: {error}", cluster.name)
+                });
+        }
+        cluster
+    }
+
+    /// A PoWA 4 repository: database `powa` with `powa` and what it needs.
+    pub fn repository() -> Cluster {
+        for extension in ["pg_stat_statements", "btree_gist", "powa"] {
+            require_extension(extension);
+        }
+        let settings = [(
+            "shared_preload_libraries",
+            "'pg_stat_statements'".to_string(),
+        )];
+        let cluster = Cluster::start("repository", &settings);
+        cluster.create_powa_database();
+        cluster
+            .connect_powa()
+            .batch_execute("CREATE EXTENSION powa CASCADE")
+            .unwrap_or_else(|error| panic!("repository: CREATE EXTENSION powa CASCADE: {error}"));
+        cluster
+    }
+
+    fn start(name: &str, settings: &[(&str, String)]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("powa-collector-test-")
+            .tempdir_in(cluster_parent_dir())
+            .expect("create a temporary directory");
+        if running_as_root() {
+            let output = run(
+                Command::new("chown").arg(POSTGRES_USER).arg(dir.path()),
+                "chown",
+            );
+            assert!(
+                output.status.success(),
+                "chown {POSTGRES_USER} {}: {}",
+                dir.path().display(),
+                output_text(&output)
+            );
+        }
+
+        let data = dir.path().join("data");
+        let output = run(
+            pg_command("initdb", dir.path()).arg("-D").arg(&data).args([
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]),
+            "initdb",
+        );
+        assert!(
+            output.status.success(),
+            "{name}: initdb failed: {}",
+            output_text(&output)
+        );
+
+        let mut conf = format!(
+            "\n# powa-collector tests\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = '{}'\n\
+             fsync = off\n\
+             synchronous_commit = off\n\
+             full_page_writes = off\n\
+             max_connections = 100\n\
+             shared_buffers = '32MB'\n\
+             log_line_prefix = '%m [%p] %q%a@%d '\n",
+            dir.path().display()
+        );
+        for (key, value) in settings {
+            let _ = writeln!(conf, "{key} = {value}");
+        }
+        OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut file| file.write_all(conf.as_bytes()))
+            .expect("append to postgresql.conf");
+
+        let log = dir.path().join("server.log");
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            let log_len_before = fs::metadata(&log).map(|meta| meta.len()).unwrap_or(0);
+            let output = run(
+                pg_command("pg_ctl", dir.path())
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(&log)
+                    .args(["-w", "-t", "60", "-o"])
+                    .arg(format!("-p {port}"))
+                    .arg("start"),
+                "pg_ctl start",
+            );
+            if output.status.success() {
+                return Cluster {
+                    name: format!("{name} (port {port})"),
+                    dir,
+                    port,
+                };
+            }
+            let log_text = fs::read(&log).unwrap_or_default();
+            let new_log =
+                String::from_utf8_lossy(&log_text[log_len_before as usize..]).into_owned();
+            if !new_log.contains("could not bind") && !new_log.contains("Address already in use") {
+                panic!(
+                    "{name}: pg_ctl start failed: {}\nserver log:\n{new_log}",
+                    output_text(&output)
+                );
+            }
+            eprintln!("{name}: port {port} was taken, trying another one");
+        }
+        panic!("{name}: no free port found after {PORT_ATTEMPTS} attempts");
+    }
+
+    fn create_powa_database(&self) {
+        self.connect("postgres")
+            .batch_execute("CREATE DATABASE powa")
+            .unwrap_or_else(|error| panic!("{}: CREATE DATABASE powa: {error}", self.name));
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A libpq connection string to database `powa` of this cluster.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=powa",
+            self.port
+        )
+    }
+
+    pub fn connect(&self, dbname: &str) -> Client {
+        let dsn = format!(
+            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+            self.port
+        );
+        Client::connect(&dsn, NoTls)
+            .unwrap_or_else(|error| panic!("{}: connect to {dbname}: {error}", self.name))
+    }
+
+    pub fn connect_powa(&self) -> Client {
+        self.connect("powa")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Registers `remote` on this repository with `powa_register_server` and
+    /// returns its srvid.
+    pub fn register_remote(&self, remote: &Cluster, alias: &str, frequency: i32) -> i32 {
+        let mut client = self.connect_powa();
+        let port = i32::from(remote.port());
+        client
+            .execute(
+                "SELECT powa_register_server(hostname => '127.0.0.1', port => $1, \
+                 alias => $2, username => 'postgres', dbname => 'powa', \
+                 frequency => $3, \
+                 extensions => '{pg_stat_kcache,pg_qualstats,pg_wait_sampling}')",
+                &[&port, &alias, &frequency],
+            )
+            .unwrap_or_else(|error| panic!("powa_register_server for {}: {error}", remote.name));
+        client
+            .query_one(
+                "SELECT id FROM powa_servers WHERE hostname = '127.0.0.1' AND port = $1",
+                &[&port],
+            )
+            .unwrap_or_else(|error| panic!("srvid of {}: {error}", remote.name))
+            .get(0)
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> bool {
+        let output = pg_command("pg_ctl", self.dir.path())
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-t", "30", "-m", mode, "stop"])
+            .output();
+        match output {
+            Ok(output) if output.status.success() => true,
+            Ok(output) => {
+                eprintln!(
+                    "{}: pg_ctl stop -m {mode} failed: {}",
+                    self.name,
+                    output_text(&output)
+                );
+                false
+            }
+            Err(error) => {
+                eprintln!("{}: cannot run pg_ctl stop: {error}", self.name);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.pg_ctl_stop("fast") {
+            self.pg_ctl_stop("immediate");
+        }
+        if thread::panicking() {
+            eprintln!(
+                "===== server log of {} =====\n{}===== end of server log of {} =====",
+                self.name,
+                tail(&self.log(), LOG_TAIL_LINES),
+                self.name
+            );
+        }
+    }
+}
+
+/// One row of `powa_snapshot_metas`.
+#[derive(Clone, Debug)]
+pub struct SnapshotMeta {
+    pub coalesce_seq: i64,
+    /// `snapts` as seconds since the epoch; `-inf` before the first snapshot.
+    pub snapts: f64,
+    pub errors: Option<Vec<String>>,
+}
+
+impl SnapshotMeta {
+    /// Whether one of the errors contains `needle`, ignoring case.
+    pub fn has_error_containing(&self, needle: &str) -> bool {
+        let needle = needle.to_lowercase();
+        self.errors
+            .iter()
+            .flatten()
+            .any(|error| error.to_lowercase().contains(&needle))
+    }
+}
+
+/// Reads `powa_snapshot_metas` for `srvid` on a repository connection.
+pub fn snapshot_meta(client: &mut Client, srvid: i32) -> SnapshotMeta {
+    let row = client
+        .query_one(
+            "SELECT coalesce_seq, extract(epoch FROM snapts)::float8, errors \
+             FROM powa_snapshot_metas WHERE srvid = $1",
+            &[&srvid],
+        )
+        .unwrap_or_else(|error| panic!("powa_snapshot_metas of server {srvid}: {error}"));
+    SnapshotMeta {
+        coalesce_seq: row.get(0),
+        snapts: row.get(1),
+        errors: row.get(2),
+    }
+}
+
+/// `SELECT count(*) FROM <table> WHERE srvid = $1` on a repository connection.
+pub fn count_rows(client: &mut Client, table: &str, srvid: i32) -> i64 {
+    client
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE srvid = $1"),
+            &[&srvid],
+        )
+        .unwrap_or_else(|error| panic!("count rows of {table} for server {srvid}: {error}"))
+        .get(0)
+}
+
+/// The `powa-collector` binary of this crate, running with a config file
+/// of its own and its stdout and stderr in a log file. Stopped with SIGTERM
+/// (then killed) when dropped; its log is printed when the test fails.
+pub struct Collector {
+    child: Child,
+    dir: TempDir,
+    status: Option<ExitStatus>,
+}
+
+/// How a collector ended after `Collector::stop`.
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub elapsed: Duration,
+}
+
+impl Collector {
+    /// The collector's configuration for `repository`, with debug logging.
+    pub fn config_for(repository: &Cluster) -> serde_json::Value {
+        serde_json::json!({
+            "repository": { "dsn": repository.dsn() },
+            "debug": true,
+        })
+    }
+
+    /// Starts the collector against `repository`.
+    pub fn start(repository: &Cluster) -> Collector {
+        Collector::start_with_config(&Collector::config_for(repository).to_string())
+    }
+
+    /// Starts the collector with `config` as its config file.
+    pub fn start_with_config(config: &str) -> Collector {
+        let dir = tempfile::Builder::new()
+            .prefix("powa-collector-daemon-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let config_path = dir.path().join("powa-collector.conf");
+        fs::write(&config_path, config).expect("write the collector config");
+        let log = File::create(dir.path().join("collector.log")).expect("create the collector log");
+        let child = Command::new(collector_binary())
+            .arg("-c")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start powa-collector");
+        Collector {
+            child,
+            dir,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the collector wrote so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("collector.log")).unwrap_or_default()
+    }
+
+    /// The exit status, if the collector has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("wait for powa-collector");
+        }
+        self.status
+    }
+
+    /// Sends `signal` (a name for kill(1): TERM, INT, HUP) to the collector.
+    pub fn signal(&self, signal: &str) {
+        let output = run(
+            Command::new("kill")
+                .arg("-s")
+                .arg(signal)
+                .arg(self.pid().to_string()),
+            "kill",
+        );
+        assert!(
+            output.status.success(),
+            "kill -s {signal} {}: {}",
+            self.pid(),
+            output_text(&output)
+        );
+    }
+
+    /// Like `wait_for`, but fails at once if the collector exits meanwhile.
+    pub fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut condition: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        wait_for(timeout, what, || {
+            if let Some(status) = self.exit_status() {
+                panic!("powa-collector exited ({status}) while waiting for {what}");
+            }
+            condition()
+        })
+    }
+
+    /// Sends SIGTERM and waits for the collector to exit; panics (and kills
+    /// it) if it is still there after `COLLECTOR_STOP_TIMEOUT`.
+    pub fn stop(&mut self) -> Stopped {
+        assert!(
+            self.exit_status().is_none(),
+            "powa-collector exited before it was asked to stop: {:?}",
+            self.status
+        );
+        let start = Instant::now();
+        self.signal("TERM");
+        let status = wait_for(
+            COLLECTOR_STOP_TIMEOUT,
+            "powa-collector to exit after SIGTERM",
+            || {
+                self.exit_status()
+                    .ok_or_else(|| "still running".to_string())
+            },
+        );
+        Stopped {
+            status,
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// Peak resident set size (`VmHWM`) of the running collector, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path}: {error}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM line in {path}:\n{status}"))
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if self.exit_status().is_none() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.pid().to_string())
+                .output();
+            let deadline = Instant::now() + COLLECTOR_STOP_TIMEOUT;
+            while self.exit_status().is_none() && Instant::now() < deadline {
+                thread::sleep(POLL_INTERVAL);
+            }
+            if self.exit_status().is_none() {
+                eprintln!("powa-collector did not stop after SIGTERM, killing it");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if thread::panicking() {
+            eprintln!(
+                "===== powa-collector log (exit: {:?}) =====\n{}===== end of powa-collector log =====",
+                self.status,
+                tail(&self.log(), LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+/// Path of the binary under test.
+pub fn collector_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_powa-collector")
+}
+
+/// How a short run of the binary ended.
+pub struct Finished {
+    /// `None` when it was still running at the deadline (it was killed).
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|status| status.code())
+    }
+}
+
+/// Runs the collector binary with `args` and waits up to `timeout` for it to
+/// exit; kills it otherwise.
+pub fn run_collector(args: &[&str], cwd: &Path, timeout: Duration) -> Finished {
+    let dir = tempfile::Builder::new()
+        .prefix("powa-collector-run-")
+        .tempdir()
+        .expect("create a temporary directory");
+    let stdout_path = dir.path().join("stdout");
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(collector_binary())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).expect("create stdout file"))
+        .stderr(File::create(&stderr_path).expect("create stderr file"))
+        .spawn()
+        .expect("start powa-collector");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for powa-collector") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(POLL_INTERVAL);
+    };
+    let read = |path: &Path| {
+        let mut text = String::new();
+        File::open(path)
+            .and_then(|mut file| file.read_to_string(&mut text))
+            .expect("read the output of powa-collector");
+        text
+    };
+    Finished {
+        status,
+        stdout: read(&stdout_path),
+        stderr: read(&stderr_path),
+    }
+}
+
+#[test]
+fn harness_starts_clusters_and_registers_a_remote() {
+    let repository = Cluster::repository();
+    let remote = Cluster::remote(&RemoteOptions::default());
+    let srvid = repository.register_remote(&remote, "harness", 5);
+    assert!(srvid > 0, "srvid {srvid}");
+
+    let mut repo = repository.connect_powa();
+    let meta = snapshot_meta(&mut repo, srvid);
+    assert_eq!(meta.coalesce_seq, 1);
+    assert_eq!(meta.snapts, f64::NEG_INFINITY);
+    assert_eq!(meta.errors, None);
+    let modules: Vec<String> = repo
+        .query(
+            "SELECT module FROM powa_functions \
+             WHERE srvid = $1 AND operation = 'snapshot' AND enabled ORDER BY module",
+            &[&srvid],
+        )
+        .expect("powa_functions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for module in [
+        "pg_qualstats",
+        "pg_stat_kcache",
+        "pg_stat_statements",
+        "pg_wait_sampling",
+    ] {
+        assert!(
+            modules.iter().any(|m| m == module),
+            "module {module} not registered: {modules:?}"
+        );
+    }
+
+    // Every datasource of the remote answers, as the collector will call it.
+    let mut remote_client = remote.connect_powa();
+    let sources: Vec<String> = repo
+        .query(
+            "SELECT query_source FROM powa_functions \
+             WHERE srvid = $1 AND operation = 'snapshot' AND query_source IS NOT NULL",
+            &[&srvid],
+        )
+        .expect("datasources")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for source in &sources {
+        remote_client
+            .batch_execute(&format!("SELECT * FROM public.{source}(0)"))
+            .unwrap_or_else(|error| panic!("{source}(0) on the remote: {error}"));
+    }
+
+    let bare = Cluster::remote(&RemoteOptions {
+        powa: false,
+        ..RemoteOptions::default()
+    });
+    let has_powa: bool = bare
+        .connect_powa()
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_extension WHERE extname = 'powa'",
+            &[],
+        )
+        .expect("pg_extension")
+        .get(0);
+    assert!(!has_powa);
+}

@@ -1,0 +1,21 @@
+//! Integration tests of `powa-collector`: the real binary against throwaway
+//! PostgreSQL 15 clusters (a PoWA 4 repository and remote servers).
+//!
+//! Needs the Debian packages postgresql-15, postgresql-15-powa,
+//! postgresql-15-pg-qualstats, postgresql-15-pg-stat-kcache and
+//! postgresql-15-pg-wait-sampling; the harness names the missing one.
+//! When run as root, PostgreSQL runs as user `postgres` through `runuser`.
+//!
+//! - `harness`: clusters, the collector process, polling helpers
+//! - `snapshots`: snapshots land, hold what the remote had, on time
+//! - `failures`: a remote without PoWA, a datasource failing on the repository
+//! - `memory`: peak memory does not grow with the size of a datasource
+//! - `config_errors`: command line and configuration file errors
+//! - `signals`: SIGTERM stops the daemon promptly and cleanly
+
+mod config_errors;
+mod failures;
+mod harness;
+mod memory;
+mod signals;
+mod snapshots;

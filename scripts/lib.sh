@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Helpers shared by scripts/test and scripts/sandbox. Source it, do not run it.
 
-# The Debian packages the test suite and the sandbox need: PostgreSQL 15, the
-# PoWA repository schema and the extensions a PoWA remote server uses.
+# The Debian packages the build, the test suite and the sandbox need:
+# PostgreSQL 15, the PoWA repository schema, the extensions a PoWA remote
+# server uses, and OpenSSL's headers for the TLS crate.
 POWA_DEB_PACKAGES=(
     postgresql-15
     postgresql-15-powa
@@ -11,6 +12,8 @@ POWA_DEB_PACKAGES=(
     postgresql-15-pg-wait-sampling
     postgresql-15-pg-track-settings
     postgresql-15-hypopg
+    libssl-dev
+    pkg-config
 )
 
 # Where Debian puts the PostgreSQL 15 server and client programs.
@@ -108,4 +111,78 @@ ensure_rust_components() {
     cargo --version
     cargo fmt --version
     cargo clippy --version
+}
+
+# ---------------------------------------------------------------------------
+# Throwaway clusters and child processes, for the scripts that start their
+# own PostgreSQL clusters (scripts/sandbox, scripts/bench). A script may
+# define its own version of any of these after sourcing this file.
+
+# as_pg_owner COMMAND [ARGS...]: runs COMMAND as user postgres when root
+# (initdb and postgres refuse to run as root), as the current user otherwise.
+as_pg_owner() {
+    if ((EUID == 0)); then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# port_in_use PORT: something accepts connections on 127.0.0.1:PORT.
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# free_port [EXCLUDED...]: a port nobody listens on, away from 5432 and from
+# the kernel's ephemeral range.
+free_port() {
+    local port try
+    for try in $(seq 1 200); do
+        port=$((20000 + (RANDOM + try) % 12000))
+        [[ " $* " == *" $port "* ]] && continue
+        port_in_use "$port" && continue
+        echo "$port"
+        return 0
+    done
+    die "no free port found on 127.0.0.1"
+}
+
+# psql_at PORT DBNAME SQL...: runs SQL as postgres on a cluster listening on
+# 127.0.0.1:PORT, unaligned output without headers.
+psql_at() {
+    local port=$1 db=$2
+    shift 2
+    "$PG_BINDIR/psql" -X -q -A -t -v ON_ERROR_STOP=1 \
+        -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+}
+
+# stop_cluster DIR: stops the cluster in DIR if it runs, fast then immediate.
+stop_cluster() {
+    local dir=$1
+    [[ -f $dir/postmaster.pid ]] || return 0
+    as_pg_owner "$PG_BINDIR/pg_ctl" stop -D "$dir" -m fast -w -t 30 >/dev/null 2>&1 ||
+        as_pg_owner "$PG_BINDIR/pg_ctl" stop -D "$dir" -m immediate -w -t 30 >/dev/null 2>&1 ||
+        info "could not stop the cluster in $dir"
+}
+
+# process_gone PID: process PID has exited (bash reaps its children as they
+# exit, and keeps their status for wait).
+process_gone() {
+    ! kill -0 "$1" 2>/dev/null
+}
+
+# stop_child PID NAME SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL; reap.
+# PID must be a child of this shell. Sets STOPPED_STATUS to the exit status.
+# shellcheck disable=SC2034 # STOPPED_STATUS is for the scripts that source this file
+stop_child() {
+    local pid=$1 name=$2 timeout=$3
+    STOPPED_STATUS=0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        if ! wait_until "$timeout" "$name (pid $pid) to stop" process_gone "$pid"; then
+            info "killing $name (pid $pid)"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || STOPPED_STATUS=$?
 }

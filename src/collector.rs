@@ -17,7 +17,9 @@
 //!
 //! Shutdown tells every worker to stop at once (cancelling the query of a
 //! snapshot in flight, which is then rolled back), then joins them, waiting
-//! at most [`SHUTDOWN_DEADLINE`] for all of them.
+//! at most [`SHUTDOWN_DEADLINE`] for all of them. Workers a reload removes
+//! are told to stop the same way but not waited for: the loop joins them as
+//! they end, so a reload answers at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,8 +43,8 @@ use crate::worker::{WorkerHandle, WorkerStatus};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest time between two checks of the repository connection.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
-/// Longest wait for the workers to end at shutdown (or for removed workers
-/// at a reload); a worker still connecting or stuck past it is left behind.
+/// Longest wait for the workers to end at shutdown; a worker still
+/// connecting or stuck past it is left behind.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 /// Bound on one check of the repository connection.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -128,6 +130,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         connection: Some(main),
         last_check: Instant::now(),
         workers: BTreeMap::new(),
+        retiring: Vec::new(),
+        last_cancel: Instant::now(),
         notifier: Notifier::from_env(),
     };
     for server in servers {
@@ -141,15 +145,19 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
             let _ = collector.reload();
         }
         collector.serve_notifications();
+        collector.reap_retired();
         if collector.last_check.elapsed() >= CHECK_INTERVAL {
             collector.check_connection();
         }
         collector.notifier.keep_alive();
     }
     collector.notifier.stopping();
-    let workers = std::mem::take(&mut collector.workers);
+    let mut workers: Vec<WorkerHandle> = std::mem::take(&mut collector.workers)
+        .into_values()
+        .collect();
     log::info!("stopping {} workers", workers.len());
-    stop_and_join(workers.into_values().collect());
+    workers.append(&mut collector.retiring);
+    stop_and_join(workers);
     Ok(())
 }
 
@@ -170,10 +178,7 @@ impl MainConnection {
                 crate::VERSION
             ))
             .map_err(|e| {
-                Error::postgres(
-                    format!("cannot connect to the repository ({repository})"),
-                    e,
-                )
+                e.into_error(format!("cannot connect to the repository ({repository})"))
             })?;
         let powa = repository::require_powa(&mut client, "the repository")?;
         let server_version_num = client
@@ -257,6 +262,11 @@ struct Collector {
     last_check: Instant,
     /// By server key (`host:port`).
     workers: BTreeMap<String, WorkerHandle>,
+    /// Workers told to stop by a reload, joined as they end so that the
+    /// main loop never waits for them.
+    retiring: Vec<WorkerHandle>,
+    /// When the retiring workers' queries were last cancelled.
+    last_cancel: Instant,
     notifier: Notifier,
 }
 
@@ -272,6 +282,35 @@ impl Collector {
                 self.workers.insert(key, worker);
             }
             Err(e) => log::error!("cannot start a worker for {key}: {e}"),
+        }
+    }
+
+    /// Stops `worker` without waiting for it.
+    fn retire(&mut self, worker: WorkerHandle) {
+        worker.request_stop();
+        self.retiring.push(worker);
+    }
+
+    /// Joins the retiring workers that have ended; cancels again, every
+    /// second, the queries of those still running.
+    fn reap_retired(&mut self) {
+        if self.retiring.is_empty() {
+            return;
+        }
+        let (finished, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(WorkerHandle::is_finished);
+        for worker in finished {
+            let name = worker.name().to_string();
+            worker.join();
+            log::info!("worker {name} stopped");
+        }
+        self.retiring = running;
+        if !self.retiring.is_empty() && self.last_cancel.elapsed() >= CANCEL_RETRY_INTERVAL {
+            for worker in &self.retiring {
+                worker.cancel_in_flight();
+            }
+            self.last_cancel = Instant::now();
         }
     }
 
@@ -499,13 +538,14 @@ impl Collector {
         let plan = servers::plan_reload(&running, &servers, config.use_server_alias);
         self.config = config;
 
-        let mut stopping = Vec::new();
         let mut starting = Vec::new();
         for change in plan {
             match change {
                 Change::Stop(key) => {
                     log::info!("{key} is no longer listed, stopping its worker");
-                    stopping.extend(self.workers.remove(&key));
+                    if let Some(worker) = self.workers.remove(&key) {
+                        self.retire(worker);
+                    }
                 }
                 Change::Start(server) => {
                     log::info!("{} was added, starting its worker", server.key());
@@ -513,7 +553,9 @@ impl Collector {
                 }
                 Change::Restart(server) => {
                     log::info!("restarting the worker of {}", server.key());
-                    stopping.extend(self.workers.remove(&server.key()));
+                    if let Some(worker) = self.workers.remove(&server.key()) {
+                        self.retire(worker);
+                    }
                     starting.push(server);
                 }
                 Change::Update(server) | Change::Reconnect(server) => {
@@ -533,7 +575,7 @@ impl Collector {
                 }
             }
         }
-        stop_and_join(stopping);
+        self.last_cancel = Instant::now();
         for server in starting {
             self.start_worker(server);
         }

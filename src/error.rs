@@ -22,6 +22,9 @@ pub enum Error {
         context: String,
         source: postgres::Error,
     },
+    /// No connection could be opened, and no driver error says why (a host
+    /// name that does not resolve, no host accepting the session wanted).
+    Connect(String),
     /// PoWA is missing or unusable on a server.
     Powa(String),
     /// Work was abandoned because the collector is stopping.
@@ -41,7 +44,9 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => EXIT_CONFIG,
-            Error::Postgres { .. } | Error::Powa(_) | Error::Interrupted => EXIT_FAILURE,
+            Error::Postgres { .. } | Error::Connect(_) | Error::Powa(_) | Error::Interrupted => {
+                EXIT_FAILURE
+            }
         }
     }
 }
@@ -49,7 +54,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(message) | Error::Powa(message) => f.write_str(message),
+            Error::Config(message) | Error::Connect(message) | Error::Powa(message) => {
+                f.write_str(message)
+            }
             Error::Interrupted => f.write_str("interrupted: the worker is stopping"),
             Error::Postgres { context, source } => {
                 write!(f, "{context}: {}", describe_postgres_error(source))

@@ -298,8 +298,7 @@ impl Drop for WorkerHandle {
 
 /// Sends a cancel request for the query running on `token`'s connection.
 fn cancel(conninfo: &ConnInfo, token: &CancelToken) -> Result<(), postgres::Error> {
-    let _ = conninfo;
-    token.cancel_query(postgres::NoTls)
+    conninfo.cancel(token)
 }
 
 /// When the next snapshot is due.
@@ -509,10 +508,10 @@ impl Worker {
         let connected = conninfo
             .connect(&format!("PoWA collector - worker {}", self.name))
             .map_err(|e| {
-                Error::postgres(
-                    format!("cannot connect to remote server {} ({conninfo})", self.name),
-                    e,
-                )
+                e.into_error(format!(
+                    "cannot connect to remote server {} ({conninfo})",
+                    self.name
+                ))
             });
         let mut client = match connected {
             Ok(client) => client,
@@ -556,10 +555,10 @@ impl Worker {
             .connect(&self.repository_application_name())
             .map_err(|e| {
                 self.shared.set_status(WorkerStatus::NoRepositoryConnection);
-                Error::postgres(
-                    format!("cannot connect to the repository ({})", self.repository),
-                    e,
-                )
+                e.into_error(format!(
+                    "cannot connect to the repository ({})",
+                    self.repository
+                ))
             })?;
         let powa = repository::require_powa(&mut client, "the repository")?;
         Ok((client, powa))

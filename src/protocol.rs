@@ -10,6 +10,11 @@
 
 use std::fmt;
 
+/// Longest channel name: PostgreSQL truncates identifiers to
+/// `NAMEDATALEN - 1` bytes, so a client that ran `LISTEN` on a longer name
+/// listens on its first 63 bytes, and that is where the answer goes.
+pub const MAX_CHANNEL_BYTES: usize = 63;
+
 /// Largest answer PostgreSQL's NOTIFY accepts with its default settings is
 /// just under 8000 bytes.
 pub const MAX_ANSWER_BYTES: usize = 8000;
@@ -104,7 +109,7 @@ pub fn parse(payload: &str) -> Request {
     let channel = words
         .next()
         .filter(|channel| *channel != "-")
-        .map(str::to_string);
+        .map(|channel| truncate(channel, MAX_CHANNEL_BYTES).to_string());
     let args: Vec<&str> = words.collect();
     let parsed = match command.as_str() {
         "RELOAD" => Ok(Command::Reload),
@@ -386,6 +391,17 @@ mod tests {
         for (payload, expected) in cases {
             assert_eq!(parse(payload), expected, "payload {payload:?}");
         }
+    }
+
+    #[test]
+    fn long_channels_are_truncated_like_identifiers() {
+        let long = "c".repeat(100);
+        let request = parse(&format!("RELOAD {long}"));
+        assert_eq!(request.channel.as_deref(), Some(&long[..63]));
+        // On a character boundary, as PostgreSQL cuts multibyte names.
+        let accented = "é".repeat(40);
+        let request = parse(&format!("RELOAD {accented}"));
+        assert_eq!(request.channel.as_deref(), Some(&accented[..62]));
     }
 
     #[test]

@@ -264,6 +264,11 @@ pub fn take(
         log::warn!("{e}");
     }
 
+    // A query cancelled by a stop request fails like any other: make sure
+    // such a snapshot is rolled back, not committed half-done.
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
     repo_tx
         .commit()
         .map_err(on_repo("cannot commit the snapshot"))?;

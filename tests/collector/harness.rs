@@ -210,6 +210,9 @@ pub struct RemoteOptions {
     pub pgss_max: Option<u32>,
     /// `pg_stat_statements.track = all` (nested statements too).
     pub track_all: bool,
+    /// More `postgresql.conf` settings (`listen_addresses`,
+    /// `max_connections`...), written last so that they win.
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl Default for RemoteOptions {
@@ -218,6 +221,7 @@ impl Default for RemoteOptions {
             powa: true,
             pgss_max: None,
             track_all: false,
+            settings: Vec::new(),
         }
     }
 }
@@ -252,6 +256,7 @@ impl Cluster {
         if options.track_all {
             settings.push(("pg_stat_statements.track", "all".to_string()));
         }
+        settings.extend(options.settings.iter().cloned());
         let name = if options.powa {
             "remote"
         } else {
@@ -273,13 +278,19 @@ impl Cluster {
 
     /// A PoWA 4 repository: database `powa` with `powa` and what it needs.
     pub fn repository() -> Cluster {
+        Cluster::repository_with(&[])
+    }
+
+    /// A PoWA 4 repository with more `postgresql.conf` settings.
+    pub fn repository_with(extra: &[(&str, String)]) -> Cluster {
         for extension in ["pg_stat_statements", "btree_gist", "powa"] {
             require_extension(extension);
         }
-        let settings = [(
+        let mut settings = vec![(
             "shared_preload_libraries",
             "'pg_stat_statements'".to_string(),
         )];
+        settings.extend(extra.iter().cloned());
         let cluster = Cluster::start("repository", &settings);
         cluster.create_powa_database();
         cluster
@@ -393,6 +404,64 @@ impl Cluster {
         self.port
     }
 
+    /// The cluster's directory, where its Unix socket is.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to file `name` in the data directory, readable by
+    /// the server only (for certificates and keys); returns its path.
+    pub fn write_data_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+
+        let path = self.dir.path().join("data").join(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        if running_as_root() {
+            let output = run(Command::new("chown").arg(POSTGRES_USER).arg(&path), "chown");
+            assert!(
+                output.status.success(),
+                "chown {POSTGRES_USER} {}: {}",
+                path.display(),
+                output_text(&output)
+            );
+        }
+        path
+    }
+
+    /// Appends `settings` to postgresql.conf, replaces pg_hba.conf with
+    /// `hba` when given, and asks the server to reload its configuration
+    /// (for settings that a reload applies; the caller waits for it).
+    pub fn reconfigure(&self, settings: &[(&str, &str)], hba: Option<&str>) {
+        let data = self.dir.path().join("data");
+        let mut conf = String::from("\n# added by the test\n");
+        for (key, value) in settings {
+            let _ = writeln!(conf, "{key} = {value}");
+        }
+        OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut file| file.write_all(conf.as_bytes()))
+            .expect("append to postgresql.conf");
+        if let Some(hba) = hba {
+            fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
+        let output = run(
+            pg_command("pg_ctl", self.dir.path())
+                .arg("-D")
+                .arg(&data)
+                .arg("reload"),
+            "pg_ctl reload",
+        );
+        assert!(
+            output.status.success(),
+            "{}: pg_ctl reload failed: {}",
+            self.name,
+            output_text(&output)
+        );
+    }
+
     /// A libpq connection string to database `powa` of this cluster.
     pub fn dsn(&self) -> String {
         format!(
@@ -438,6 +507,30 @@ impl Cluster {
                 &[&port],
             )
             .unwrap_or_else(|error| panic!("srvid of {}: {error}", remote.name))
+            .get(0)
+    }
+
+    /// Registers `remote` as reached through `hostname` (one cluster
+    /// listening on several loopback addresses counts as several servers,
+    /// since `powa_servers` is unique on hostname and port) and returns its
+    /// srvid. The alias is left unset.
+    pub fn register_remote_at(&self, remote: &Cluster, hostname: &str, frequency: i32) -> i32 {
+        let port = i32::from(remote.port());
+        let mut client = self.connect_powa();
+        client
+            .execute(
+                "SELECT powa_register_server(hostname => $1, port => $2, \
+                 username => 'postgres', dbname => 'powa', frequency => $3, \
+                 extensions => '{pg_stat_kcache,pg_qualstats,pg_wait_sampling}')",
+                &[&hostname, &port, &frequency],
+            )
+            .unwrap_or_else(|error| panic!("powa_register_server for {hostname}:{port}: {error}"));
+        client
+            .query_one(
+                "SELECT id FROM powa_servers WHERE hostname = $1 AND port = $2",
+                &[&hostname, &port],
+            )
+            .unwrap_or_else(|error| panic!("srvid of {hostname}:{port}: {error}"))
             .get(0)
     }
 
@@ -559,6 +652,12 @@ impl Collector {
 
     /// Starts the collector with `config` as its config file.
     pub fn start_with_config(config: &str) -> Collector {
+        Collector::start_with_env(config, &[])
+    }
+
+    /// Starts the collector with `config` as its config file and `env`
+    /// added to its environment.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Collector {
         let dir = tempfile::Builder::new()
             .prefix("powa-collector-daemon-")
             .tempdir()
@@ -570,6 +669,7 @@ impl Collector {
             .arg("-c")
             .arg(&config_path)
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log)
@@ -652,6 +752,50 @@ impl Collector {
         Stopped {
             status,
             elapsed: start.elapsed(),
+        }
+    }
+
+    /// The collector's config file; a test may rewrite it before a reload.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("powa-collector.conf")
+    }
+
+    /// Threads of the running collector (`Threads:` in /proc/<pid>/status).
+    pub fn threads(&self) -> usize {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path}: {error}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Threads line in {path}:\n{status}"))
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the collector to exit,
+    /// looking every few milliseconds so that `elapsed` is precise; panics
+    /// if it is still running then (`Drop` kills it).
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Stopped {
+        const PRECISE_POLL: Duration = Duration::from_millis(2);
+        assert!(
+            self.exit_status().is_none(),
+            "powa-collector exited before SIG{signal}: {:?}",
+            self.status
+        );
+        let start = Instant::now();
+        self.signal(signal);
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Stopped {
+                    status,
+                    elapsed: start.elapsed(),
+                };
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "powa-collector still running {timeout:?} after SIG{signal}"
+            );
+            thread::sleep(PRECISE_POLL);
         }
     }
 

@@ -7,15 +7,29 @@
 //! When run as root, PostgreSQL runs as user `postgres` through `runuser`.
 //!
 //! - `harness`: clusters, the collector process, polling helpers
+//! - `auth`: password file, TLS and client certificates, deadlines, sockets
 //! - `snapshots`: snapshots land, hold what the remote had, on time
 //! - `failures`: a remote without PoWA, a datasource failing on the repository
 //! - `memory`: peak memory does not grow with the size of a datasource
 //! - `config_errors`: command line and configuration file errors
 //! - `signals`: SIGTERM stops the daemon promptly and cleanly
+//! - `powa_web`: a client of the command protocol that behaves like powa-web
+//! - `fleet`: one remote cluster as many servers; the collector's sessions
+//! - `protocol`: every command and malformed request gets the right answer
+//! - `reload`: SIGHUP and RELOAD make the workers follow the server list
+//! - `shutdown`: SIGTERM with many servers, with a snapshot in flight, twice
+//! - `systemd`: READY, RELOADING, STOPPING and WATCHDOG on `NOTIFY_SOCKET`
 
+mod auth;
 mod config_errors;
 mod failures;
+mod fleet;
 mod harness;
 mod memory;
+mod powa_web;
+mod protocol;
+mod reload;
+mod shutdown;
 mod signals;
 mod snapshots;
+mod systemd;

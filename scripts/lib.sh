@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/test and scripts/sandbox. Source it, do not run it.
+# Helpers shared by scripts/test, scripts/sandbox and scripts/bench. Source it,
+# do not run it.
 
 # The Debian packages the build, the test suite and the sandbox need:
 # PostgreSQL 15, the PoWA repository schema, the extensions a PoWA remote

@@ -164,8 +164,11 @@ fn write_private(path: &Path, contents: &str, mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
-#[test]
-fn password_file_serves_a_remote_registered_without_password() {
+/// A repository, and a remote where `PASSWORD_ROLE` (password `right-pw`)
+/// must authenticate with scram-sha-256 over TCP, registered on the
+/// repository as `alias` for that role without a password: the repository,
+/// the remote and its srvid.
+fn repository_and_password_remote(alias: &str) -> (Cluster, Cluster, i32) {
     let repository = Cluster::repository();
     let remote = Cluster::remote(&RemoteOptions::default());
     create_role(&remote, PASSWORD_ROLE, Some("right-pw"));
@@ -176,13 +179,35 @@ fn password_file_serves_a_remote_registered_without_password() {
         "127.0.0.1",
         remote.port(),
         PASSWORD_ROLE,
-        "scram",
+        alias,
     );
+    (repository, remote, srvid)
+}
+
+/// Writes `contents` to `passfile` with permissions `mode`, and starts the
+/// collector against `repository` with that file as its `PGPASSFILE`.
+fn start_with_passfile(
+    repository: &Cluster,
+    passfile: &Path,
+    contents: &str,
+    mode: u32,
+) -> Collector {
+    write_private(passfile, contents, mode);
+    Collector::start_with_env(
+        &config(&repository.dsn()),
+        &[("PGPASSFILE", passfile.to_str().unwrap())],
+    )
+}
+
+#[test]
+fn password_file_serves_a_remote_registered_without_password() {
+    let (repository, remote, srvid) = repository_and_password_remote("scram");
 
     let dir = TempDir::new().expect("temporary directory");
     let passfile = dir.path().join("pgpass");
     // A comment, a line for another port, then ours with a wildcard.
-    write_private(
+    let mut collector = start_with_passfile(
+        &repository,
         &passfile,
         &format!(
             "# PoWA remotes\n127.0.0.1:1:powa:{PASSWORD_ROLE}:not-this-one\n\
@@ -191,9 +216,6 @@ fn password_file_serves_a_remote_registered_without_password() {
         ),
         0o600,
     );
-    let passfile_text = passfile.to_str().unwrap();
-    let mut collector =
-        Collector::start_with_env(&config(&repository.dsn()), &[("PGPASSFILE", passfile_text)]);
     wait_for_snapshots(&mut collector, &repository, srvid, 2);
     let scram_sessions: i64 = remote
         .connect("postgres")
@@ -213,31 +235,17 @@ fn password_file_serves_a_remote_registered_without_password() {
 
 #[test]
 fn wrong_or_unsafe_password_files_are_reported_without_the_password() {
-    let repository = Cluster::repository();
-    let remote = Cluster::remote(&RemoteOptions::default());
-    create_role(&remote, PASSWORD_ROLE, Some("right-pw"));
-    remote.reconfigure(&[], Some(&hba_for(PASSWORD_ROLE, "host", "scram-sha-256")));
-    wait_for_password_required(&remote, PASSWORD_ROLE);
-    let srvid = register(
-        &repository,
-        "127.0.0.1",
-        remote.port(),
-        PASSWORD_ROLE,
-        "wrong",
-    );
+    let (repository, _remote, srvid) = repository_and_password_remote("wrong");
     let dir = TempDir::new().expect("temporary directory");
 
     // A wrong password: the authentication error reaches the UI and the
     // logs, naming the file, never showing the password.
     let wrong = dir.path().join("wrong-pgpass");
-    write_private(
+    let mut collector = start_with_passfile(
+        &repository,
         &wrong,
         &format!("*:*:*:{PASSWORD_ROLE}:Wr0ng-Secret\n"),
         0o600,
-    );
-    let mut collector = Collector::start_with_env(
-        &config(&repository.dsn()),
-        &[("PGPASSFILE", wrong.to_str().unwrap())],
     );
     let errors = wait_for_error(
         &mut collector,
@@ -259,14 +267,11 @@ fn wrong_or_unsafe_password_files_are_reported_without_the_password() {
     // The right password in a file others can read: ignored, with a
     // warning; the server then finds no password.
     let unsafe_file = dir.path().join("readable-pgpass");
-    write_private(
+    let mut collector = start_with_passfile(
+        &repository,
         &unsafe_file,
         &format!("*:*:*:{PASSWORD_ROLE}:right-pw\n"),
         0o644,
-    );
-    let mut collector = Collector::start_with_env(
-        &config(&repository.dsn()),
-        &[("PGPASSFILE", unsafe_file.to_str().unwrap())],
     );
     let errors = wait_for_error(&mut collector, &repository, srvid, "password missing");
     assert!(!errors.join("\n").contains("right-pw"), "{errors:?}");

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use postgres::Client;
 
-use crate::harness::{Cluster, Collector, RemoteOptions, SnapshotMeta, snapshot_meta, wait_until};
+use crate::harness::{
+    Cluster, Collector, RemoteOptions, SnapshotMeta, repository_with_remote, snapshot_meta,
+    wait_until,
+};
 
 /// The last snapshot of a server and the history rows it stored.
 #[derive(Debug)]
@@ -124,21 +127,11 @@ fn remote_without_powa_stops_only_its_worker() {
 
 #[test]
 fn datasource_failing_on_the_repository_is_reported_and_others_land() {
-    let repository = Cluster::repository();
-    let remote = Cluster::remote(&RemoteOptions::default());
-    let srvid = repository.register_remote(&remote, "remote", 5);
+    let (repository, _remote, srvid) = repository_with_remote(5);
     let mut repo = repository.connect_powa();
 
     let mut collector = Collector::start(&repository);
-    collector.wait_for(Duration::from_secs(20), "a first snapshot", || {
-        let meta = snapshot_meta(&mut repo, srvid);
-        assert!(meta.errors.is_none(), "errors: {:?}", meta.errors);
-        if meta.coalesce_seq >= 2 {
-            Ok(())
-        } else {
-            Err(format!("{meta:?}"))
-        }
-    });
+    collector.wait_for_first_snapshot(&mut repo, srvid, Duration::from_secs(20));
 
     // COPY of the remote's rows into this table now fails: a column is
     // missing from them.

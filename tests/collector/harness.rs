@@ -161,6 +161,34 @@ fn output_text(output: &Output) -> String {
     )
 }
 
+/// Gives `path` to user postgres when we are root (PostgreSQL runs as that
+/// user then); does nothing otherwise.
+fn chown_to_postgres_if_root(path: &Path) {
+    if running_as_root() {
+        let output = run(Command::new("chown").arg(POSTGRES_USER).arg(path), "chown");
+        assert!(
+            output.status.success(),
+            "chown {POSTGRES_USER} {}: {}",
+            path.display(),
+            output_text(&output)
+        );
+    }
+}
+
+/// Appends `text`, then a `key = value` line for each of `settings`, to the
+/// `postgresql.conf` of the data directory `data`.
+fn append_settings<V: std::fmt::Display>(data: &Path, text: &str, settings: &[(&str, V)]) {
+    let mut conf = text.to_string();
+    for (key, value) in settings {
+        let _ = writeln!(conf, "{key} = {value}");
+    }
+    OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .and_then(|mut file| file.write_all(conf.as_bytes()))
+        .expect("append to postgresql.conf");
+}
+
 /// Where clusters get their directory: the temporary directory, unless user
 /// postgres (when we are root) could not reach it, or the Unix socket path in
 /// it would be too long; then /tmp.
@@ -305,18 +333,7 @@ impl Cluster {
             .prefix("powa-collector-test-")
             .tempdir_in(cluster_parent_dir())
             .expect("create a temporary directory");
-        if running_as_root() {
-            let output = run(
-                Command::new("chown").arg(POSTGRES_USER).arg(dir.path()),
-                "chown",
-            );
-            assert!(
-                output.status.success(),
-                "chown {POSTGRES_USER} {}: {}",
-                dir.path().display(),
-                output_text(&output)
-            );
-        }
+        chown_to_postgres_if_root(dir.path());
 
         let data = dir.path().join("data");
         let output = run(
@@ -337,7 +354,7 @@ impl Cluster {
             output_text(&output)
         );
 
-        let mut conf = format!(
+        let conf = format!(
             "\n# powa-collector tests\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
@@ -349,14 +366,7 @@ impl Cluster {
              log_line_prefix = '%m [%p] %q%a@%d '\n",
             dir.path().display()
         );
-        for (key, value) in settings {
-            let _ = writeln!(conf, "{key} = {value}");
-        }
-        OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .and_then(|mut file| file.write_all(conf.as_bytes()))
-            .expect("append to postgresql.conf");
+        append_settings(&data, &conf, settings);
 
         let log = dir.path().join("server.log");
         for _ in 0..PORT_ATTEMPTS {
@@ -418,15 +428,7 @@ impl Cluster {
         fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-        if running_as_root() {
-            let output = run(Command::new("chown").arg(POSTGRES_USER).arg(&path), "chown");
-            assert!(
-                output.status.success(),
-                "chown {POSTGRES_USER} {}: {}",
-                path.display(),
-                output_text(&output)
-            );
-        }
+        chown_to_postgres_if_root(&path);
         path
     }
 
@@ -435,15 +437,7 @@ impl Cluster {
     /// (for settings that a reload applies; the caller waits for it).
     pub fn reconfigure(&self, settings: &[(&str, &str)], hba: Option<&str>) {
         let data = self.dir.path().join("data");
-        let mut conf = String::from("\n# added by the test\n");
-        for (key, value) in settings {
-            let _ = writeln!(conf, "{key} = {value}");
-        }
-        OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .and_then(|mut file| file.write_all(conf.as_bytes()))
-            .expect("append to postgresql.conf");
+        append_settings(&data, "\n# added by the test\n", settings);
         if let Some(hba) = hba {
             fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         }
@@ -534,6 +528,17 @@ impl Cluster {
             .get(0)
     }
 
+    /// Registers each of `remotes` on this repository as `remote-<index>`
+    /// (from 0), every `frequency` seconds; returns the srvids in the same
+    /// order.
+    pub fn register_remotes(&self, remotes: &[Cluster], frequency: i32) -> Vec<i32> {
+        remotes
+            .iter()
+            .enumerate()
+            .map(|(i, remote)| self.register_remote(remote, &format!("remote-{i}"), frequency))
+            .collect()
+    }
+
     fn pg_ctl_stop(&self, mode: &str) -> bool {
         let output = pg_command("pg_ctl", self.dir.path())
             .arg("-D")
@@ -572,6 +577,28 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// A repository and a default remote registered on it as `remote`, every
+/// `frequency` seconds: the repository, the remote and its srvid.
+pub fn repository_with_remote(frequency: i32) -> (Cluster, Cluster, i32) {
+    let repository = Cluster::repository();
+    let remote = Cluster::remote(&RemoteOptions::default());
+    let srvid = repository.register_remote(&remote, "remote", frequency);
+    (repository, remote, srvid)
+}
+
+/// A repository and two default remotes registered on it as `remote-0` and
+/// `remote-1`, every `frequency` seconds: the repository, the remotes and
+/// their srvids, in the same order.
+pub fn repository_with_two_remotes(frequency: i32) -> (Cluster, [Cluster; 2], Vec<i32>) {
+    let repository = Cluster::repository();
+    let remotes = [
+        Cluster::remote(&RemoteOptions::default()),
+        Cluster::remote(&RemoteOptions::default()),
+    ];
+    let srvids = repository.register_remotes(&remotes, frequency);
+    (repository, remotes, srvids)
 }
 
 /// One row of `powa_snapshot_metas`.
@@ -630,10 +657,41 @@ pub struct Collector {
     status: Option<ExitStatus>,
 }
 
-/// How a collector ended after `Collector::stop`.
+/// How a collector ended after `Collector::stop` or
+/// `Collector::signal_and_wait`.
 pub struct Stopped {
+    /// The signal that stopped it (a name for kill(1): TERM...).
+    pub signal: String,
     pub status: ExitStatus,
+    /// From the signal to the exit.
     pub elapsed: Duration,
+}
+
+impl Stopped {
+    /// Asserts that the collector exited with status 0.
+    #[track_caller]
+    pub fn assert_exited_zero(&self) {
+        assert_eq!(
+            self.status.code(),
+            Some(0),
+            "exit status after SIG{}: {}",
+            self.signal,
+            self.status
+        );
+    }
+
+    /// Asserts that the collector exited with status 0, less than `limit`
+    /// after the signal.
+    #[track_caller]
+    pub fn assert_clean_exit(&self, limit: Duration) {
+        self.assert_exited_zero();
+        assert!(
+            self.elapsed < limit,
+            "exit took {:?} after SIG{}, more than {limit:?}",
+            self.elapsed,
+            self.signal
+        );
+    }
 }
 
 impl Collector {
@@ -731,6 +789,43 @@ impl Collector {
         })
     }
 
+    /// Waits up to `timeout` until `srvid` has a first snapshot
+    /// (`coalesce_seq` 2 or more), read on the repository connection
+    /// `repo`; panics as soon as the server has errors.
+    pub fn wait_for_first_snapshot(&mut self, repo: &mut Client, srvid: i32, timeout: Duration) {
+        self.wait_for(timeout, "a first snapshot", || {
+            let meta = snapshot_meta(repo, srvid);
+            assert!(meta.errors.is_none(), "errors: {:?}", meta.errors);
+            if meta.coalesce_seq >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{meta:?}"))
+            }
+        });
+    }
+
+    /// Waits up to `timeout` until each of `srvids` has a first snapshot
+    /// (`coalesce_seq` 2 or more), read on the repository connection
+    /// `repo`, whatever their errors.
+    pub fn wait_for_a_snapshot_of_each(
+        &mut self,
+        repo: &mut Client,
+        srvids: &[i32],
+        timeout: Duration,
+    ) {
+        self.wait_for(timeout, "a first snapshot of each remote", || {
+            let metas: Vec<_> = srvids
+                .iter()
+                .map(|&srvid| snapshot_meta(repo, srvid))
+                .collect();
+            if metas.iter().all(|meta| meta.coalesce_seq >= 2) {
+                Ok(())
+            } else {
+                Err(format!("{metas:?}"))
+            }
+        });
+    }
+
     /// Sends SIGTERM and waits for the collector to exit; panics (and kills
     /// it) if it is still there after `COLLECTOR_STOP_TIMEOUT`.
     pub fn stop(&mut self) -> Stopped {
@@ -750,6 +845,7 @@ impl Collector {
             },
         );
         Stopped {
+            signal: "TERM".to_string(),
             status,
             elapsed: start.elapsed(),
         }
@@ -760,16 +856,23 @@ impl Collector {
         self.dir.path().join("powa-collector.conf")
     }
 
-    /// Threads of the running collector (`Threads:` in /proc/<pid>/status).
-    pub fn threads(&self) -> usize {
+    /// The value of line `field` of the running collector's
+    /// /proc/<pid>/status, read by `parse` (given what follows `field:`);
+    /// panics when there is no such line or `parse` returns `None`.
+    fn proc_status_field<T>(&self, field: &str, parse: impl FnOnce(&str) -> Option<T>) -> T {
         let path = format!("/proc/{}/status", self.pid());
         let status =
             fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path}: {error}"));
         status
             .lines()
-            .find_map(|line| line.strip_prefix("Threads:"))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no Threads line in {path}:\n{status}"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(parse)
+            .unwrap_or_else(|| panic!("no {field} line in {path}:\n{status}"))
+    }
+
+    /// Threads of the running collector (`Threads:` in /proc/<pid>/status).
+    pub fn threads(&self) -> usize {
+        self.proc_status_field("Threads", |value| value.trim().parse().ok())
     }
 
     /// Sends `signal` and waits up to `timeout` for the collector to exit,
@@ -787,6 +890,7 @@ impl Collector {
         loop {
             if let Some(status) = self.exit_status() {
                 return Stopped {
+                    signal: signal.to_string(),
                     status,
                     elapsed: start.elapsed(),
                 };
@@ -801,15 +905,9 @@ impl Collector {
 
     /// Peak resident set size (`VmHWM`) of the running collector, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let path = format!("/proc/{}/status", self.pid());
-        let status =
-            fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path}: {error}"));
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().strip_suffix("kB"))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM line in {path}:\n{status}"))
+        self.proc_status_field("VmHWM", |value| {
+            value.trim().strip_suffix("kB")?.trim().parse().ok()
+        })
     }
 }
 
@@ -902,6 +1000,17 @@ pub fn run_collector(args: &[&str], cwd: &Path, timeout: Duration) -> Finished {
     }
 }
 
+/// The first column, as text, of the rows that `sql` returns with `srvid`
+/// as `$1`; `what` names them when the query fails.
+fn server_strings(client: &mut Client, sql: &str, srvid: i32, what: &str) -> Vec<String> {
+    client
+        .query(sql, &[&srvid])
+        .expect(what)
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 #[test]
 fn harness_starts_clusters_and_registers_a_remote() {
     let repository = Cluster::repository();
@@ -914,16 +1023,13 @@ fn harness_starts_clusters_and_registers_a_remote() {
     assert_eq!(meta.coalesce_seq, 1);
     assert_eq!(meta.snapts, f64::NEG_INFINITY);
     assert_eq!(meta.errors, None);
-    let modules: Vec<String> = repo
-        .query(
-            "SELECT module FROM powa_functions \
-             WHERE srvid = $1 AND operation = 'snapshot' AND enabled ORDER BY module",
-            &[&srvid],
-        )
-        .expect("powa_functions")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let modules = server_strings(
+        &mut repo,
+        "SELECT module FROM powa_functions \
+         WHERE srvid = $1 AND operation = 'snapshot' AND enabled ORDER BY module",
+        srvid,
+        "powa_functions",
+    );
     for module in [
         "pg_qualstats",
         "pg_stat_kcache",
@@ -938,16 +1044,13 @@ fn harness_starts_clusters_and_registers_a_remote() {
 
     // Every datasource of the remote answers, as the collector will call it.
     let mut remote_client = remote.connect_powa();
-    let sources: Vec<String> = repo
-        .query(
-            "SELECT query_source FROM powa_functions \
-             WHERE srvid = $1 AND operation = 'snapshot' AND query_source IS NOT NULL",
-            &[&srvid],
-        )
-        .expect("datasources")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let sources = server_strings(
+        &mut repo,
+        "SELECT query_source FROM powa_functions \
+         WHERE srvid = $1 AND operation = 'snapshot' AND query_source IS NOT NULL",
+        srvid,
+        "datasources",
+    );
     for source in &sources {
         remote_client
             .batch_execute(&format!("SELECT * FROM public.{source}(0)"))

@@ -257,6 +257,20 @@ impl PowaWeb {
     }
 }
 
+/// Starts the collector against `repository` and connects a powa-web client
+/// as `postgres`, then waits until `WORKERS_STATUS` reports exactly
+/// `srvids`, all running (see `PowaWeb::wait_until_running`).
+pub fn start_collector_with_web(
+    repository: &Cluster,
+    srvids: &[i32],
+    timeout: Duration,
+) -> (Collector, PowaWeb) {
+    let mut collector = Collector::start(repository);
+    let mut web = PowaWeb::connect(repository);
+    web.wait_until_running(&mut collector, srvids, timeout);
+    (collector, web)
+}
+
 /// The status by srvid in a `WORKERS_STATUS OK {...}` answer.
 pub fn parse_workers_status(answer: &str) -> BTreeMap<i32, String> {
     let json = answer

@@ -12,7 +12,9 @@ use crate::fleet::{
     worker_pids,
 };
 use crate::harness::{Cluster, Collector, RemoteOptions, snapshot_meta, wait_for};
-use crate::powa_web::{ANSWER_TIMEOUT, PowaWeb, all_running, expected_status_json};
+use crate::powa_web::{
+    ANSWER_TIMEOUT, PowaWeb, all_running, expected_status_json, start_collector_with_web,
+};
 
 /// How long workers may take to start and connect.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,9 +71,7 @@ fn every_command_gets_its_answer() {
     postpone_snapshots(&repository);
     let mut repo = repository.connect_powa();
 
-    let mut collector = Collector::start(&repository);
-    let mut web = PowaWeb::connect(&repository);
-    web.wait_until_running(&mut collector, &srvids, START_TIMEOUT);
+    let (collector, mut web) = start_collector_with_web(&repository, &srvids, START_TIMEOUT);
 
     assert_eq!(web.ask("RELOAD", &[]), "RELOAD OK OK");
     assert_eq!(
@@ -208,9 +208,7 @@ fn malformed_requests_are_answered_or_ignored_and_change_nothing() {
     let mut repo = repository.connect_powa();
     let mut remote_client = remote.connect("postgres");
 
-    let mut collector = Collector::start(&repository);
-    let mut web = PowaWeb::connect(&repository);
-    web.wait_until_running(&mut collector, &[srvid], START_TIMEOUT);
+    let (mut collector, mut web) = start_collector_with_web(&repository, &[srvid], START_TIMEOUT);
     let status_json = expected_status_json(&all_running(&[srvid]));
     let status_ok = format!("WORKERS_STATUS OK {status_json}");
     let sessions_before = worker_pids(&mut remote_client);
@@ -551,9 +549,8 @@ fn only_roles_allowed_to_signal_backends_are_served() {
         )
         .expect("create roles");
 
-    let mut collector = Collector::start(&repository);
-    let mut admin = PowaWeb::connect(&repository);
-    admin.wait_until_running(&mut collector, &srvids, START_TIMEOUT);
+    // The collector runs until the end of the test.
+    let (_collector, mut admin) = start_collector_with_web(&repository, &srvids, START_TIMEOUT);
 
     // A server is deleted: a reload would stop its worker.
     repository
@@ -666,27 +663,11 @@ fn answers_stay_prompt_while_snapshots_run() {
     for remote in &remotes {
         slow_down_bgwriter_source(remote, SLOW_DATASOURCE_SECONDS);
     }
-    let srvids: Vec<i32> = remotes
-        .iter()
-        .enumerate()
-        .map(|(i, remote)| repository.register_remote(remote, &format!("remote-{i}"), FREQUENCY))
-        .collect();
+    let srvids = repository.register_remotes(&remotes, FREQUENCY);
     let mut repo = repository.connect_powa();
 
-    let mut collector = Collector::start(&repository);
-    let mut web = PowaWeb::connect(&repository);
-    web.wait_until_running(&mut collector, &srvids, START_TIMEOUT);
-    collector.wait_for(START_TIMEOUT, "a first snapshot of each remote", || {
-        let metas: Vec<_> = srvids
-            .iter()
-            .map(|&s| snapshot_meta(&mut repo, s))
-            .collect();
-        if metas.iter().all(|meta| meta.coalesce_seq >= 2) {
-            Ok(())
-        } else {
-            Err(format!("{metas:?}"))
-        }
-    });
+    let (mut collector, mut web) = start_collector_with_web(&repository, &srvids, START_TIMEOUT);
+    collector.wait_for_a_snapshot_of_each(&mut repo, &srvids, START_TIMEOUT);
 
     let expected = all_running(&srvids);
     let mut all = Vec::new();

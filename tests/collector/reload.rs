@@ -14,8 +14,10 @@ use postgres::Client;
 use crate::fleet::{
     host, postpone_snapshots, register_at, remote_on_addresses, worker_pids, worker_sessions,
 };
-use crate::harness::{Cluster, Collector, RemoteOptions, free_port, snapshot_meta, wait_for};
-use crate::powa_web::{PowaWeb, all_running};
+use crate::harness::{
+    Cluster, Collector, free_port, repository_with_remote, snapshot_meta, wait_for,
+};
+use crate::powa_web::{PowaWeb, all_running, start_collector_with_web};
 
 /// How long workers may take to start and connect.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,9 +104,7 @@ fn workers_follow_the_server_list_on_sighup_and_on_reload() {
     let mut admin = repository.connect_powa();
     let mut remote_client = remote.connect("postgres");
 
-    let mut collector = Collector::start(&repository);
-    let mut web = PowaWeb::connect(&repository);
-    web.wait_until_running(&mut collector, &initial, START_TIMEOUT);
+    let (mut collector, mut web) = start_collector_with_web(&repository, &initial, START_TIMEOUT);
     let mut fleet: Fleet = initial
         .iter()
         .zip(1..)
@@ -232,27 +232,17 @@ fn workers_follow_the_server_list_on_sighup_and_on_reload() {
         "the worker of the server given an alias reconnects"
     );
 
-    let stopped = collector.stop();
-    assert_eq!(
-        stopped.status.code(),
-        Some(0),
-        "exit status: {}",
-        stopped.status
-    );
+    collector.stop().assert_exited_zero();
 }
 
 #[test]
 fn a_reload_that_cannot_read_its_config_keeps_the_workers_running() {
     const FREQUENCY: i32 = 5;
-    let repository = Cluster::repository();
-    let remote = Cluster::remote(&RemoteOptions::default());
-    let srvid = repository.register_remote(&remote, "remote", FREQUENCY);
+    let (repository, remote, srvid) = repository_with_remote(FREQUENCY);
     let mut repo = repository.connect_powa();
     let mut remote_client = remote.connect("postgres");
 
-    let mut collector = Collector::start(&repository);
-    let mut web = PowaWeb::connect(&repository);
-    web.wait_until_running(&mut collector, &[srvid], START_TIMEOUT);
+    let (mut collector, mut web) = start_collector_with_web(&repository, &[srvid], START_TIMEOUT);
     let pids = worker_pids(&mut remote_client);
     let threads = collector.threads();
     let config_path = collector.config_path();

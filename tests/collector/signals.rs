@@ -2,37 +2,18 @@
 
 use std::time::Duration;
 
-use crate::harness::{Cluster, Collector, RemoteOptions, snapshot_meta};
+use crate::harness::{Collector, repository_with_two_remotes};
 
 /// The longest a clean stop may take.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn sigterm_stops_the_collector_promptly() {
-    let repository = Cluster::repository();
-    let remotes = [
-        Cluster::remote(&RemoteOptions::default()),
-        Cluster::remote(&RemoteOptions::default()),
-    ];
-    let srvids: Vec<i32> = remotes
-        .iter()
-        .enumerate()
-        .map(|(i, remote)| repository.register_remote(remote, &format!("remote-{i}"), 5))
-        .collect();
+    let (repository, _remotes, srvids) = repository_with_two_remotes(5);
     let mut repo = repository.connect_powa();
 
     let mut collector = Collector::start(&repository);
-    collector.wait_for(Duration::from_secs(20), "a snapshot of each remote", || {
-        let metas: Vec<_> = srvids
-            .iter()
-            .map(|&srvid| snapshot_meta(&mut repo, srvid))
-            .collect();
-        if metas.iter().all(|meta| meta.coalesce_seq >= 2) {
-            Ok(())
-        } else {
-            Err(format!("{metas:?}"))
-        }
-    });
+    collector.wait_for_a_snapshot_of_each(&mut repo, &srvids, Duration::from_secs(20));
 
     let stopped = collector.stop();
     println!(
@@ -40,15 +21,5 @@ fn sigterm_stops_the_collector_promptly() {
         stopped.elapsed.as_secs_f64(),
         stopped.status
     );
-    assert_eq!(
-        stopped.status.code(),
-        Some(0),
-        "exit status after SIGTERM: {}",
-        stopped.status
-    );
-    assert!(
-        stopped.elapsed < STOP_LIMIT,
-        "stopping took {:?}, more than {STOP_LIMIT:?}",
-        stopped.elapsed
-    );
+    stopped.assert_clean_exit(STOP_LIMIT);
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use crate::harness::{Cluster, Collector, RemoteOptions, count_rows, snapshot_meta};
+use crate::harness::{
+    Collector, count_rows, repository_with_remote, repository_with_two_remotes, snapshot_meta,
+};
 
 /// What powa_statements_src leaves out of pg_stat_statements.
 const PGSS_IGNORED: &str =
@@ -49,16 +51,7 @@ fn stored_statements(repo: &mut Client, srvid: i32) -> BTreeMap<StatementKey, St
 
 #[test]
 fn two_remotes_get_snapshots_every_frequency() {
-    let repository = Cluster::repository();
-    let remotes = [
-        Cluster::remote(&RemoteOptions::default()),
-        Cluster::remote(&RemoteOptions::default()),
-    ];
-    let srvids: Vec<i32> = remotes
-        .iter()
-        .enumerate()
-        .map(|(i, remote)| repository.register_remote(remote, &format!("remote-{i}"), 5))
-        .collect();
+    let (repository, remotes, srvids) = repository_with_two_remotes(5);
     let mut repo = repository.connect_powa();
     for &srvid in &srvids {
         assert_eq!(snapshot_meta(&mut repo, srvid).coalesce_seq, 1);
@@ -137,9 +130,7 @@ fn two_remotes_get_snapshots_every_frequency() {
 
 #[test]
 fn snapshot_stores_what_the_remote_had() {
-    let repository = Cluster::repository();
-    let remote = Cluster::remote(&RemoteOptions::default());
-    let srvid = repository.register_remote(&remote, "remote", 5);
+    let (repository, remote, srvid) = repository_with_remote(5);
 
     // Distinct statements: each pair of columns is its own query.
     let mut remote_client = remote.connect_powa();
@@ -167,15 +158,7 @@ fn snapshot_stores_what_the_remote_had() {
 
     let mut repo = repository.connect_powa();
     let mut collector = Collector::start(&repository);
-    collector.wait_for(Duration::from_secs(20), "a first snapshot", || {
-        let meta = snapshot_meta(&mut repo, srvid);
-        assert!(meta.errors.is_none(), "errors: {:?}", meta.errors);
-        if meta.coalesce_seq >= 2 {
-            Ok(())
-        } else {
-            Err(format!("{meta:?}"))
-        }
-    });
+    collector.wait_for_first_snapshot(&mut repo, srvid, Duration::from_secs(20));
     let stored = stored_statements(&mut repo, srvid);
     let after = remote_statements(&mut remote_client);
 
@@ -220,9 +203,7 @@ fn snapshots_follow_the_frequency() {
     const SNAPSHOTS: usize = 6;
     let frequency = f64::from(FREQUENCY);
 
-    let repository = Cluster::repository();
-    let remote = Cluster::remote(&RemoteOptions::default());
-    let srvid = repository.register_remote(&remote, "remote", FREQUENCY);
+    let (repository, _remote, srvid) = repository_with_remote(FREQUENCY);
     let mut repo = repository.connect_powa();
 
     let mut collector = Collector::start(&repository);

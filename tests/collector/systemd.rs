@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::fleet::postpone_snapshots;
-use crate::harness::{Cluster, Collector, RemoteOptions};
+use crate::harness::{Collector, repository_with_remote};
 use crate::powa_web::PowaWeb;
 
 const WATCHDOG: &str = "WATCHDOG=1";
@@ -83,9 +83,7 @@ fn count_of(messages: &[String], text: &str) -> usize {
 
 #[test]
 fn notify_socket_hears_ready_reloading_stopping_and_the_watchdog() {
-    let repository = Cluster::repository();
-    let remote = Cluster::remote(&RemoteOptions::default());
-    let srvid = repository.register_remote(&remote, "remote", 300);
+    let (repository, _remote, srvid) = repository_with_remote(300);
     postpone_snapshots(&repository);
 
     let dir = tempfile::Builder::new()
@@ -161,13 +159,7 @@ fn notify_socket_hears_ready_reloading_stopping_and_the_watchdog() {
         |m| count_of(m, "READY=1") == 4,
     );
 
-    let stopped = collector.stop();
-    assert_eq!(
-        stopped.status.code(),
-        Some(0),
-        "exit status: {}",
-        stopped.status
-    );
+    collector.stop().assert_exited_zero();
     notify.read_until(Duration::from_secs(5), "STOPPING=1", |m| {
         m.iter().any(|text| text == "STOPPING=1")
     });

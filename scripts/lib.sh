@@ -95,6 +95,73 @@ ensure_deb_packages() {
         apt-get install -y --no-install-recommends "${POWA_DEB_PACKAGES[@]}"
 }
 
+# ---------------------------------------------------------------------------
+# The PoWA 5 chroot: Debian 13 "trixie" with PostgreSQL 17 and PoWA 5, for
+# the PoWA 5 tests and the sandbox's --powa 5 (Debian 12 has no PoWA 5).
+
+# Where the chroot is kept, outside the checkout so that it is built once.
+POWA5_CHROOT=${POWA5_CHROOT:-/var/cache/powa-collector/powa5-trixie}
+export POWA5_CHROOT
+
+# What the chroot holds besides trixie's minimal base.
+POWA5_DEB_PACKAGES=(
+    postgresql-17
+    postgresql-17-powa
+    postgresql-17-pg-qualstats
+    postgresql-17-pg-stat-kcache
+    postgresql-17-pg-wait-sampling
+    postgresql-17-pg-track-settings
+    postgresql-17-hypopg
+)
+
+# The file that says the chroot is complete, and with which packages.
+POWA5_STAMP=.powa-collector-chroot
+
+# powa5_chroot_ready: the chroot exists and holds POWA5_DEB_PACKAGES.
+powa5_chroot_ready() {
+    [[ -f $POWA5_CHROOT/$POWA5_STAMP ]] &&
+        [[ "$(cat "$POWA5_CHROOT/$POWA5_STAMP")" == "${POWA5_DEB_PACKAGES[*]}" ]]
+}
+
+# ensure_powa5_chroot: builds the chroot in POWA5_CHROOT unless it is ready.
+# It is built beside its final place and renamed at the end, so that an
+# interrupted build leaves nothing that looks ready.
+ensure_powa5_chroot() {
+    if powa5_chroot_ready; then
+        info "PoWA 5 chroot present: $POWA5_CHROOT"
+        return 0
+    fi
+    ((EUID == 0)) ||
+        die "the PoWA 5 chroot is missing in $POWA5_CHROOT and building it needs root (debootstrap, chroot): run scripts/powa5-chroot as root, or set POWA5_CHROOT to a ready one"
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        info "installing debootstrap"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends debootstrap
+    fi
+    local build=$POWA5_CHROOT.build
+    rm -rf "$build" "$POWA5_CHROOT"
+    mkdir -p "$build"
+    info "building the PoWA 5 chroot (Debian trixie, PostgreSQL 17) in $POWA5_CHROOT"
+    debootstrap --variant=minbase trixie "$build" http://deb.debian.org/debian >"$build.log" 2>&1 ||
+        die "debootstrap trixie failed; see $build.log"
+    # Installing postgresql-common must neither start a service nor create
+    # the "main" cluster.
+    printf '#!/bin/sh\nexit 101\n' >"$build/usr/sbin/policy-rc.d"
+    chmod 0755 "$build/usr/sbin/policy-rc.d"
+    mkdir -p "$build/etc/postgresql-common"
+    echo 'create_main_cluster = false' >"$build/etc/postgresql-common/createcluster.conf"
+    chroot "$build" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+        --no-install-recommends "${POWA5_DEB_PACKAGES[@]}" >>"$build.log" 2>&1 ||
+        die "installing ${POWA5_DEB_PACKAGES[*]} in the chroot failed; see $build.log"
+    chroot "$build" apt-get clean
+    # Test clusters live in the chroot's /tmp, which postgres must reach.
+    chmod 1777 "$build/tmp"
+    echo "${POWA5_DEB_PACKAGES[*]}" >"$build/$POWA5_STAMP"
+    mv "$build" "$POWA5_CHROOT"
+    rm -f "$build.log"
+    info "PoWA 5 chroot ready: $POWA5_CHROOT ($(du -sh "$POWA5_CHROOT" | cut -f1))"
+}
+
 # ensure_rust_components: cargo, and the rustfmt and clippy components.
 ensure_rust_components() {
     command -v cargo >/dev/null 2>&1 ||

@@ -33,8 +33,9 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::config::{self, Config};
 use crate::conninfo::ConnInfo;
 use crate::error::{Error, describe_postgres_error};
+use crate::powa::{self, Powa};
 use crate::protocol::{self, Answer, Command, Request};
-use crate::repository::{self, PowaInstall};
+use crate::repository;
 use crate::servers::{self, Change, RunningWorker, ServerSettings};
 use crate::systemd::Notifier;
 use crate::worker::{WorkerHandle, WorkerStatus};
@@ -164,7 +165,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
 /// The main thread's repository connection.
 struct MainConnection {
     client: Client,
-    powa: PowaInstall,
+    powa: Powa,
     server_version_num: i32,
 }
 
@@ -180,7 +181,7 @@ impl MainConnection {
             .map_err(|e| {
                 e.into_error(format!("cannot connect to the repository ({repository})"))
             })?;
-        let powa = repository::require_powa(&mut client, "the repository")?;
+        let powa = powa::prepare(&mut client, "the repository")?;
         let server_version_num = client
             .query_one(
                 "SELECT pg_catalog.current_setting('server_version_num')::int",
@@ -202,7 +203,7 @@ impl MainConnection {
 
 /// Reads the server list; unusable rows are logged and left out.
 fn read_servers(main: &mut MainConnection) -> Result<Vec<ServerSettings>, Error> {
-    let (servers, refused) = repository::list_servers(&mut main.client, &main.powa)
+    let (servers, refused) = repository::servers::list(&mut main.client, &main.powa)
         .map_err(|e| Error::postgres("cannot read the list of remote servers", e))?;
     for why in refused {
         log::error!("{why}; this server is not collected");
@@ -380,7 +381,7 @@ impl Collector {
         let request = protocol::parse(payload);
         log::debug!("request from backend {pid}: {payload:?}");
         let allowed = match self.connection.as_mut() {
-            Some(main) => repository::may_use_protocol(
+            Some(main) => repository::permissions::may_use_protocol(
                 &mut main.client,
                 &main.powa,
                 main.server_version_num,

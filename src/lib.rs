@@ -11,7 +11,9 @@
 //! - [`collector`]: the main thread ([`run`]) and its [`Control`];
 //! - [`worker`]: one thread per remote server;
 //! - [`snapshot`]: one snapshot, remote COPY into the repository;
-//! - [`repository`]: queries about PoWA on the repository and the remotes;
+//! - [`powa`]: PoWA on a connection, and what differs between PoWA 4 and 5;
+//! - [`repository`]: what the collector reads and writes in the repository;
+//! - [`remote`]: what the collector asks a remote about itself;
 //! - [`servers`]: remote server settings from `powa_servers`;
 //! - [`conninfo`]: connection strings and connection set-up;
 //! - [`error`]: the error type.
@@ -20,7 +22,9 @@ pub mod collector;
 pub mod config;
 pub mod conninfo;
 pub mod error;
+pub mod powa;
 pub mod protocol;
+pub mod remote;
 pub mod repository;
 pub mod servers;
 pub mod snapshot;

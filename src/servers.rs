@@ -105,12 +105,18 @@ impl ServerSettings {
 
     /// How to connect to this server.
     pub fn conninfo(&self) -> ConnInfo {
+        self.conninfo_for_database(&self.dbname)
+    }
+
+    /// How to connect to database `dbname` of this server, with the same
+    /// host, port, user and password.
+    pub fn conninfo_for_database(&self, dbname: &str) -> ConnInfo {
         ConnInfo::for_server(
             &self.hostname,
             self.port,
             &self.username,
             self.password.as_deref(),
-            &self.dbname,
+            dbname,
         )
     }
 }

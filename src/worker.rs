@@ -28,9 +28,13 @@ use postgres::{CancelToken, Client};
 
 use crate::conninfo::ConnInfo;
 use crate::error::{Error, describe_postgres_error};
-use crate::repository::{self, ErrorReport, LastSnapshot, PowaInstall};
+use crate::powa::{self, Powa};
+use crate::remote;
+use crate::repository::metas::{self, ErrorReport, LastSnapshot};
+use crate::repository::versions;
 use crate::servers::ServerSettings;
-use crate::snapshot;
+use crate::snapshot::databases::CatalogRefresh;
+use crate::snapshot::{self, Job};
 
 /// A forced snapshot is refused when the last one started less than this
 /// long ago.
@@ -142,7 +146,7 @@ impl WorkerHandle {
             remote: None,
             shared: Arc::clone(&shared),
             inbox,
-            catalogs_to_refresh: None,
+            catalogs_to_refresh: CatalogRefresh::default(),
         };
         let thread = std::thread::Builder::new()
             .name(name.clone())
@@ -372,7 +376,7 @@ pub fn first_delay(last: LastSnapshot, frequency: u32, pick: impl FnOnce(u32) ->
 /// A live connection to the remote server and where PoWA is there.
 struct Remote {
     client: Client,
-    powa: PowaInstall,
+    powa: Powa,
 }
 
 /// Why a worker cannot go on.
@@ -389,8 +393,8 @@ struct Worker {
     remote: Option<Remote>,
     shared: Arc<SharedState>,
     inbox: Receiver<Message>,
-    /// Catalog refresh asked for: `Some(empty)` means every database.
-    catalogs_to_refresh: Option<Vec<String>>,
+    /// Catalog refreshes asked for and not yet done.
+    catalogs_to_refresh: CatalogRefresh,
 }
 
 impl Worker {
@@ -438,15 +442,7 @@ impl Worker {
                 }
                 Ok(Message::RefreshCatalogs(dbnames)) => {
                     log::debug!("catalog refresh asked for {dbnames:?}");
-                    self.catalogs_to_refresh = match self.catalogs_to_refresh.take() {
-                        Some(all) if all.is_empty() => Some(all),
-                        _ if dbnames.is_empty() => Some(Vec::new()),
-                        Some(mut some) => {
-                            some.extend(dbnames);
-                            Some(some)
-                        }
-                        None => Some(dbnames),
-                    };
+                    self.catalogs_to_refresh.add(dbnames);
                 }
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
@@ -458,7 +454,7 @@ impl Worker {
     fn start(&mut self) -> Result<Schedule, Fatal> {
         let last = match self.refresh()? {
             Some((mut repo, powa)) => {
-                match repository::last_snapshot(&mut repo, &powa, self.server.srvid) {
+                match metas::last_snapshot(&mut repo, &powa, self.server.srvid) {
                     Ok(LastSnapshot::NotRegistered) => return Err(Fatal::NotRegistered),
                     Ok(last) => last,
                     Err(e) => {
@@ -480,7 +476,7 @@ impl Worker {
     /// Connects to the remote server if needed and records the outcome in
     /// the repository: the connection error for the UI, or the remote's
     /// versions. Returns the repository connection, if it could be opened.
-    fn refresh(&mut self) -> Result<Option<(Client, PowaInstall)>, Fatal> {
+    fn refresh(&mut self) -> Result<Option<(Client, Powa)>, Fatal> {
         let remote_error = self.connect_remote()?;
         match self.connect_repository() {
             Ok((mut repo, powa)) => {
@@ -522,7 +518,7 @@ impl Worker {
             }
         };
         let place = format!("remote server {}", self.name);
-        let powa = match repository::require_powa(&mut client, &place) {
+        let powa = match powa::prepare(&mut client, &place) {
             Ok(powa) => powa,
             Err(error @ Error::Powa(_)) => {
                 self.report_fatal(&error);
@@ -534,8 +530,7 @@ impl Worker {
                 return Ok(Some(error));
             }
         };
-        // PoWA 4.0 needs its library loaded for its settings to exist.
-        if (powa.version.major, powa.version.minor) == (4, 0)
+        if powa.needs_load()
             && let Err(e) = client.batch_execute("LOAD 'powa'")
         {
             let error = Error::postgres(format!("cannot load library powa on {place}"), e);
@@ -549,7 +544,7 @@ impl Worker {
     }
 
     /// A repository connection for this worker, and where PoWA is there.
-    fn connect_repository(&self) -> Result<(Client, PowaInstall), Error> {
+    fn connect_repository(&self) -> Result<(Client, Powa), Error> {
         let mut client = self
             .repository
             .connect(&self.repository_application_name())
@@ -560,7 +555,7 @@ impl Worker {
                     self.repository
                 ))
             })?;
-        let powa = repository::require_powa(&mut client, "the repository")?;
+        let powa = powa::prepare(&mut client, "the repository")?;
         Ok((client, powa))
     }
 
@@ -569,10 +564,10 @@ impl Worker {
     }
 
     /// Writes `error` as the server's current error for the UI.
-    fn report(&self, repo: &mut Client, powa: &PowaInstall, error: &Error) {
+    fn report(&self, repo: &mut Client, powa: &Powa, error: &Error) {
         let errors = [error.to_string()];
         if let Err(e) =
-            repository::report_errors(repo, powa, self.server.srvid, &errors, ErrorReport::Replace)
+            metas::report_errors(repo, powa, self.server.srvid, &errors, ErrorReport::Replace)
         {
             log::warn!("{e}");
         }
@@ -588,18 +583,16 @@ impl Worker {
     }
 
     /// Records the remote's PostgreSQL and extension versions (PoWA 4.1+).
-    fn save_versions(&mut self, repo: &mut Client, powa: &PowaInstall) {
-        if !powa.version.saves_versions() {
+    fn save_versions(&mut self, repo: &mut Client, powa: &Powa) {
+        if !powa.saves_versions() {
             return;
         }
         let Some(remote) = self.remote.as_mut() else {
             return;
         };
-        let saved = repository::remote_versions(&mut remote.client)
+        let saved = remote::versions(&mut remote.client)
             .map_err(|e| Error::postgres("cannot read versions on the remote server", e))
-            .and_then(|versions| {
-                repository::save_versions(repo, powa, self.server.srvid, &versions)
-            });
+            .and_then(|found| versions::save(repo, powa, self.server.srvid, &found));
         if let Err(error) = saved {
             log::warn!("{error}");
         }
@@ -615,7 +608,7 @@ impl Worker {
             log::error!("no connection to the remote server, snapshot skipped");
             return Ok(());
         }
-        let (mut repo, _) = match self.connect_repository() {
+        let (mut repo, repo_powa) = match self.connect_repository() {
             Ok(connected) => connected,
             Err(error) => {
                 log::error!("{error}; snapshot skipped");
@@ -641,42 +634,31 @@ impl Worker {
             ];
         }
         self.shared.changed.notify_all();
-        if let Some(dbnames) = self.catalogs_to_refresh.take()
-            && remote.powa.version.major < 5
-        {
-            log::debug!("no catalogs to refresh in PoWA 4 (asked for {dbnames:?})");
-        }
-        let shared = Arc::clone(&self.shared);
-        let interrupted = move || shared.lock().stopping;
-        let outcome = snapshot::take(
-            &mut remote.client,
-            &mut repo,
-            &remote.powa,
-            self.server.srvid,
-            &application_name,
-            &interrupted,
-        );
+        let job = Job {
+            srvid: self.server.srvid,
+            remote_powa: &remote.powa,
+            repo_powa: &repo_powa,
+            application_name: &application_name,
+            refresh: &self.catalogs_to_refresh,
+        };
+        let context = SnapshotContext {
+            shared: &self.shared,
+            server: &self.server,
+            application_name: format!("PoWA collector - worker {}", self.name),
+        };
+        let outcome = snapshot::take(&mut remote.client, &mut repo, &job, &context);
         {
             let mut shared = self.shared.lock();
             shared.snapshot_running = false;
             shared.in_flight.clear();
         }
         match outcome {
-            Ok(report) => match report.skipped {
-                Some(why) => log::info!("snapshot skipped: {why}"),
-                None => log::info!(
-                    "snapshot done in {} ms (copy {} ms, powa_take_snapshot {} ms, {} rows{})",
-                    started.elapsed().as_millis(),
-                    report.copy_time.as_millis(),
-                    report.take_snapshot_time.as_millis(),
-                    report.rows,
-                    if report.errors.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} errors", report.errors.len())
-                    }
-                ),
-            },
+            Ok(report) => {
+                if report.skipped.is_none() {
+                    self.catalogs_to_refresh = CatalogRefresh::default();
+                }
+                log_report(&report, started.elapsed());
+            }
             Err(_) if self.shared.lock().stopping => {
                 log::info!("snapshot interrupted and rolled back: the worker is stopping");
             }
@@ -687,14 +669,81 @@ impl Worker {
                 }
                 // The next snapshot starts from fresh connections.
                 self.remote = None;
-                if !repo.is_closed()
-                    && let Ok(Some(powa)) = repository::find_powa(&mut repo)
-                {
-                    self.report(&mut repo, &powa, &error);
+                if !repo.is_closed() {
+                    self.report(&mut repo, &repo_powa, &error);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Logs what a snapshot did.
+fn log_report(report: &snapshot::SnapshotReport, elapsed: Duration) {
+    if let Some(why) = &report.skipped {
+        log::info!("snapshot skipped: {why}");
+        return;
+    }
+    let databases = if report.databases_visited > 0 {
+        format!(
+            "; global {} ms, {} databases {} ms",
+            report.global_time.as_millis(),
+            report.databases_visited,
+            report.databases_time.as_millis()
+        )
+    } else {
+        String::new()
+    };
+    let errors = if report.errors.is_empty() {
+        String::new()
+    } else {
+        format!(", {} errors", report.errors.len())
+    };
+    log::info!(
+        "snapshot done in {} ms (copy {} ms, powa_take_snapshot {} ms, {} rows{errors}{databases})",
+        elapsed.as_millis(),
+        (report.global_time + report.databases_time).as_millis(),
+        report.take_snapshot_time.as_millis(),
+        report.rows,
+    );
+}
+
+/// What a snapshot asks of its worker: whether to stop, and connections to
+/// the remote's databases whose queries a stop can cancel.
+struct SnapshotContext<'a> {
+    shared: &'a SharedState,
+    server: &'a ServerSettings,
+    application_name: String,
+}
+
+/// How many connections of a snapshot are always in flight: the remote's
+/// and the repository's; a database's comes after them.
+const SNAPSHOT_CONNECTIONS: usize = 2;
+
+impl snapshot::Context for SnapshotContext<'_> {
+    fn interrupted(&self) -> bool {
+        self.shared.lock().stopping
+    }
+
+    fn connect_database(&self, dbname: &str) -> Result<Client, Error> {
+        let conninfo = self.server.conninfo_for_database(dbname);
+        let mut client = conninfo.connect(&self.application_name).map_err(|e| {
+            e.into_error(format!(
+                "Could not connect to remote database {dbname} ({conninfo})"
+            ))
+        })?;
+        powa::pin_search_path(&mut client).map_err(|e| {
+            Error::postgres(format!("cannot set search_path in database {dbname}"), e)
+        })?;
+        self.shared
+            .lock()
+            .in_flight
+            .push((conninfo, client.cancel_token()));
+        Ok(client)
+    }
+
+    fn closed_database(&self) {
+        self.shared.lock().in_flight.truncate(SNAPSHOT_CONNECTIONS);
     }
 }
 

@@ -1,5 +1,6 @@
-//! Test harness: throwaway PostgreSQL 15 clusters (PoWA remotes and
-//! repositories) and the real `powa-collector` binary, each owned by a value
+//! Test harness: throwaway PostgreSQL clusters (PoWA 4 remotes and
+//! repositories on the host's PostgreSQL 15, PoWA 5 ones on PostgreSQL 17 in
+//! the PoWA 5 chroot) and the real `powa-collector` binary, each owned by a value
 //! whose `Drop` stops it, also when the test panics, and prints its log when
 //! it does.
 //!
@@ -18,25 +19,245 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 use tempfile::TempDir;
 
-/// PostgreSQL 15 server binaries (Debian package `postgresql-15`).
-const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
-/// Extension control and script files.
-const PG_EXTDIR: &str = "/usr/share/postgresql/15/extension";
-/// Extension shared libraries.
-const PG_LIBDIR: &str = "/usr/lib/postgresql/15/lib";
+/// Which PoWA a cluster runs, and so which PostgreSQL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Powa {
+    /// powa-archivist 4.1 on PostgreSQL 15, from Debian 12.
+    #[default]
+    V4,
+    /// powa-archivist 5.0 on PostgreSQL 17, from Debian 13, in a chroot.
+    V5,
+}
 
-/// Libraries a PoWA 4 remote preloads.
-const REMOTE_PRELOAD: &str = "pg_stat_statements,pg_qualstats,pg_stat_kcache,pg_wait_sampling";
+/// Where a PostgreSQL installation lives and which packages provide it.
+struct Install {
+    /// The chroot holding it; `None` for the host's own.
+    root: Option<PathBuf>,
+    bindir: &'static str,
+    extdir: &'static str,
+    libdir: &'static str,
+    /// The extensions the clusters use, with the Debian package of each.
+    packages: &'static [(&'static str, &'static str)],
+    /// What to do when something is missing.
+    remedy: &'static str,
+}
 
-/// The extensions the clusters use, with the Debian package providing each.
-const EXTENSION_PACKAGES: [(&str, &str); 6] = [
-    ("pg_stat_statements", "postgresql-15"),
-    ("btree_gist", "postgresql-15"),
-    ("powa", "postgresql-15-powa"),
-    ("pg_qualstats", "postgresql-15-pg-qualstats"),
-    ("pg_stat_kcache", "postgresql-15-pg-stat-kcache"),
-    ("pg_wait_sampling", "postgresql-15-pg-wait-sampling"),
-];
+/// Where the PoWA 5 chroot is unless `POWA5_CHROOT` says otherwise (the
+/// default of `scripts/lib.sh`).
+const DEFAULT_POWA5_CHROOT: &str = "/var/cache/powa-collector/powa5-trixie";
+
+impl Powa {
+    fn install(self) -> Install {
+        match self {
+            Powa::V4 => Install {
+                root: None,
+                bindir: "/usr/lib/postgresql/15/bin",
+                extdir: "/usr/share/postgresql/15/extension",
+                libdir: "/usr/lib/postgresql/15/lib",
+                packages: &[
+                    ("pg_stat_statements", "postgresql-15"),
+                    ("btree_gist", "postgresql-15"),
+                    ("powa", "postgresql-15-powa"),
+                    ("pg_qualstats", "postgresql-15-pg-qualstats"),
+                    ("pg_stat_kcache", "postgresql-15-pg-stat-kcache"),
+                    ("pg_wait_sampling", "postgresql-15-pg-wait-sampling"),
+                ],
+                remedy: "install the Debian package",
+            },
+            Powa::V5 => Install {
+                root: Some(PathBuf::from(
+                    std::env::var_os("POWA5_CHROOT").unwrap_or_else(|| DEFAULT_POWA5_CHROOT.into()),
+                )),
+                bindir: "/usr/lib/postgresql/17/bin",
+                extdir: "/usr/share/postgresql/17/extension",
+                libdir: "/usr/lib/postgresql/17/lib",
+                packages: &[
+                    ("pg_stat_statements", "postgresql-17"),
+                    ("btree_gist", "postgresql-17"),
+                    ("powa", "postgresql-17-powa"),
+                    ("pg_qualstats", "postgresql-17-pg-qualstats"),
+                    ("pg_stat_kcache", "postgresql-17-pg-stat-kcache"),
+                    ("pg_wait_sampling", "postgresql-17-pg-wait-sampling"),
+                    ("pg_track_settings", "postgresql-17-pg-track-settings"),
+                ],
+                remedy: "build the PoWA 5 chroot with scripts/powa5-chroot (as root; \
+                         scripts/test does it), which installs the Debian 13 package",
+            },
+        }
+    }
+
+    /// The extensions a remote of this PoWA has in database `powa`, in the
+    /// order they are created (`powa` is left out when `with_powa` is false).
+    fn remote_extensions(self, with_powa: bool) -> Vec<&'static str> {
+        let mut extensions = vec!["pg_stat_statements", "btree_gist"];
+        if with_powa {
+            extensions.push("powa");
+        }
+        extensions.extend(["pg_qualstats", "pg_stat_kcache", "pg_wait_sampling"]);
+        if self == Powa::V5 {
+            extensions.push("pg_track_settings");
+        }
+        extensions
+    }
+
+    /// The `extensions` argument of `powa_register_server`.
+    fn registered_extensions(self) -> Vec<&'static str> {
+        let mut extensions = vec!["pg_stat_kcache", "pg_qualstats", "pg_wait_sampling"];
+        if self == Powa::V5 {
+            extensions.push("pg_track_settings");
+        }
+        extensions
+    }
+}
+
+impl Install {
+    /// The host's path of `inside`, a path of the installation's root.
+    fn host_path(&self, inside: &Path) -> PathBuf {
+        match &self.root {
+            None => inside.to_path_buf(),
+            Some(root) => root.join(inside.strip_prefix("/").unwrap_or(inside)),
+        }
+    }
+
+    /// The installation's path of `host`, a host path under its root.
+    fn inside_path(&self, host: &Path) -> PathBuf {
+        match &self.root {
+            None => host.to_path_buf(),
+            Some(root) => Path::new("/").join(
+                host.strip_prefix(root)
+                    .expect("a cluster directory inside the chroot"),
+            ),
+        }
+    }
+
+    fn require_root(&self) {
+        if let Some(root) = &self.root {
+            assert!(
+                root.join("usr/bin").is_dir(),
+                "the PoWA 5 chroot is missing in {} (set POWA5_CHROOT to use another): {}",
+                root.display(),
+                self.remedy
+            );
+            assert!(
+                running_as_root(),
+                "the PoWA 5 tests run PostgreSQL 17 in the chroot {} and so need root",
+                root.display()
+            );
+        }
+    }
+
+    fn require_pg_binary(&self, name: &str) -> PathBuf {
+        self.require_root();
+        let path = Path::new(self.bindir).join(name);
+        let package = self.packages[0].1;
+        assert!(
+            self.host_path(&path).is_file(),
+            "{} is missing: {} {package}",
+            self.host_path(&path).display(),
+            self.remedy
+        );
+        path
+    }
+
+    fn require_extension(&self, name: &str) {
+        self.require_root();
+        let package = self
+            .packages
+            .iter()
+            .find(|(extension, _)| *extension == name)
+            .map(|(_, package)| *package)
+            .unwrap_or_else(|| panic!("no Debian package known for extension {name}"));
+        let mut files = vec![Path::new(self.extdir).join(format!("{name}.control"))];
+        if !["pg_track_settings"].contains(&name) {
+            files.push(Path::new(self.libdir).join(format!("{name}.so")));
+        }
+        for path in files {
+            let path = self.host_path(&path);
+            assert!(
+                path.is_file(),
+                "{} is missing: {} {package}",
+                path.display(),
+                self.remedy
+            );
+        }
+    }
+
+    /// A command running a PostgreSQL binary, as user postgres when we are
+    /// root (initdb and postgres refuse to run as root), in the chroot when
+    /// the installation has one.
+    fn pg_command(&self, name: &str, cwd: &Path) -> Command {
+        let program = self.require_pg_binary(name);
+        let mut command = match &self.root {
+            Some(root) => {
+                let mut command = Command::new("chroot");
+                command
+                    .arg(root)
+                    .args(["runuser", "-u", POSTGRES_USER, "--"])
+                    .arg(program);
+                command
+            }
+            None if running_as_root() => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", POSTGRES_USER, "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        // The caller's directory may not be readable by postgres.
+        command.current_dir(cwd);
+        command
+    }
+
+    /// Gives `path` (a host path) to user postgres of the installation when
+    /// we are root (PostgreSQL runs as that user then); does nothing
+    /// otherwise.
+    fn chown_to_postgres(&self, path: &Path) {
+        if !running_as_root() {
+            return;
+        }
+        let mut command = match &self.root {
+            Some(root) => {
+                let mut command = Command::new("chroot");
+                command.arg(root).arg("chown");
+                command
+            }
+            None => Command::new("chown"),
+        };
+        command.arg(POSTGRES_USER).arg(self.inside_path(path));
+        let output = run(&mut command, "chown");
+        assert!(
+            output.status.success(),
+            "chown {POSTGRES_USER} {}: {}",
+            path.display(),
+            output_text(&output)
+        );
+    }
+
+    /// Where clusters get their directory: the temporary directory, unless
+    /// user postgres (when we are root) could not reach it, or the Unix
+    /// socket path in it would be too long; then /tmp. In a chroot, its
+    /// /tmp.
+    fn cluster_parent_dir(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+
+        /// Room left for `/powa-collector-test-XXXXXX/.s.PGSQL.NNNNN` in the
+        /// 107 bytes of a Unix socket path.
+        const MAX_PARENT_LEN: usize = 64;
+        if self.root.is_some() {
+            return self.host_path(Path::new("/tmp"));
+        }
+        let parent = std::env::temp_dir();
+        let reachable = !running_as_root()
+            || parent.ancestors().all(|dir| {
+                fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0)
+            });
+        if reachable && parent.as_os_str().len() <= MAX_PARENT_LEN {
+            parent
+        } else {
+            PathBuf::from("/tmp")
+        }
+    }
+}
 
 /// How often `wait_for` and `wait_until` look at their condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -96,50 +317,6 @@ fn running_as_root() -> bool {
         .is_some_and(|euid| euid == "0")
 }
 
-fn require_pg_binary(name: &str) -> PathBuf {
-    let path = Path::new(PG_BINDIR).join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: install the Debian package postgresql-15",
-        path.display()
-    );
-    path
-}
-
-fn require_extension(name: &str) {
-    let package = EXTENSION_PACKAGES
-        .iter()
-        .find(|(extension, _)| *extension == name)
-        .map(|(_, package)| *package)
-        .unwrap_or_else(|| panic!("no Debian package known for extension {name}"));
-    for path in [
-        Path::new(PG_EXTDIR).join(format!("{name}.control")),
-        Path::new(PG_LIBDIR).join(format!("{name}.so")),
-    ] {
-        assert!(
-            path.is_file(),
-            "{} is missing: install the Debian package {package}",
-            path.display()
-        );
-    }
-}
-
-/// A command running a PostgreSQL binary, as user postgres when we are root
-/// (initdb and postgres refuse to run as root).
-fn pg_command(name: &str, cwd: &Path) -> Command {
-    let program = require_pg_binary(name);
-    let mut command = if running_as_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", POSTGRES_USER, "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
-    };
-    // The caller's directory may not be readable by postgres.
-    command.current_dir(cwd);
-    command
-}
-
 fn run(command: &mut Command, what: &str) -> Output {
     command.output().unwrap_or_else(|error| {
         panic!(
@@ -161,20 +338,6 @@ fn output_text(output: &Output) -> String {
     )
 }
 
-/// Gives `path` to user postgres when we are root (PostgreSQL runs as that
-/// user then); does nothing otherwise.
-fn chown_to_postgres_if_root(path: &Path) {
-    if running_as_root() {
-        let output = run(Command::new("chown").arg(POSTGRES_USER).arg(path), "chown");
-        assert!(
-            output.status.success(),
-            "chown {POSTGRES_USER} {}: {}",
-            path.display(),
-            output_text(&output)
-        );
-    }
-}
-
 /// Appends `text`, then a `key = value` line for each of `settings`, to the
 /// `postgresql.conf` of the data directory `data`.
 fn append_settings<V: std::fmt::Display>(data: &Path, text: &str, settings: &[(&str, V)]) {
@@ -187,27 +350,6 @@ fn append_settings<V: std::fmt::Display>(data: &Path, text: &str, settings: &[(&
         .open(data.join("postgresql.conf"))
         .and_then(|mut file| file.write_all(conf.as_bytes()))
         .expect("append to postgresql.conf");
-}
-
-/// Where clusters get their directory: the temporary directory, unless user
-/// postgres (when we are root) could not reach it, or the Unix socket path in
-/// it would be too long; then /tmp.
-fn cluster_parent_dir() -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-
-    /// Room left for `/powa-collector-test-XXXXXX/.s.PGSQL.NNNNN` in the
-    /// 107 bytes of a Unix socket path.
-    const MAX_PARENT_LEN: usize = 64;
-    let parent = std::env::temp_dir();
-    let reachable = !running_as_root()
-        || parent
-            .ancestors()
-            .all(|dir| fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0));
-    if reachable && parent.as_os_str().len() <= MAX_PARENT_LEN {
-        parent
-    } else {
-        PathBuf::from("/tmp")
-    }
 }
 
 /// A TCP port nobody listens on right now.
@@ -229,11 +371,20 @@ fn tail(text: &str, lines: usize) -> String {
     out
 }
 
+/// Libraries a remote preloads.
+const REMOTE_PRELOAD: &str = "pg_stat_statements,pg_qualstats,pg_stat_kcache,pg_wait_sampling";
+
 /// What a remote cluster has.
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
+    /// Which PoWA (and so which PostgreSQL).
+    pub version: Powa,
     /// Create extension `powa` in database `powa`.
     pub powa: bool,
+    /// The schema of `powa`, when not `public` (created first).
+    pub powa_schema: Option<&'static str>,
+    /// The schema of the other extensions, when not `public`.
+    pub stats_schema: Option<&'static str>,
     /// `pg_stat_statements.max`, when not the default.
     pub pgss_max: Option<u32>,
     /// `pg_stat_statements.track = all` (nested statements too).
@@ -246,7 +397,10 @@ pub struct RemoteOptions {
 impl Default for RemoteOptions {
     fn default() -> Self {
         RemoteOptions {
+            version: Powa::V4,
             powa: true,
+            powa_schema: None,
+            stats_schema: None,
             pgss_max: None,
             track_all: false,
             settings: Vec::new(),
@@ -254,27 +408,53 @@ impl Default for RemoteOptions {
     }
 }
 
-/// A PostgreSQL 15 cluster in a temporary directory, listening on 127.0.0.1
-/// and on a Unix socket in that directory. Stopped when dropped.
+impl RemoteOptions {
+    /// A default remote of PoWA `version`.
+    pub fn of(version: Powa) -> RemoteOptions {
+        RemoteOptions {
+            version,
+            ..RemoteOptions::default()
+        }
+    }
+}
+
+/// What a repository cluster has.
+#[derive(Clone, Debug, Default)]
+pub struct RepositoryOptions {
+    /// Which PoWA (and so which PostgreSQL).
+    pub version: Powa,
+    /// The schema of `powa`, when not `public` (created first).
+    pub powa_schema: Option<&'static str>,
+    /// The schema of the other extensions, when not `public`.
+    pub stats_schema: Option<&'static str>,
+    /// More `postgresql.conf` settings, written last so that they win.
+    pub settings: Vec<(&'static str, String)>,
+}
+
+/// A PostgreSQL cluster in a temporary directory (in the PoWA 5 chroot for
+/// PoWA 5), listening on 127.0.0.1 and on a Unix socket in that directory.
+/// Stopped when dropped.
 pub struct Cluster {
     name: String,
+    install: Install,
     dir: TempDir,
     port: u16,
+    version: Powa,
+    /// Schemas put before `public` in `search_path` of the connections the
+    /// harness opens (those of `powa` and the other extensions).
+    schemas: Vec<&'static str>,
 }
 
 impl Cluster {
-    /// A PoWA 4 remote server: the stat extensions preloaded, and database
-    /// `powa` with `pg_stat_statements`, `btree_gist`, `powa` (unless
-    /// `options.powa` is false), `pg_qualstats`, `pg_stat_kcache` and
-    /// `pg_wait_sampling`.
+    /// A remote server: the stat extensions preloaded, and database `powa`
+    /// with `pg_stat_statements`, `btree_gist`, `powa` (unless
+    /// `options.powa` is false), `pg_qualstats`, `pg_stat_kcache`,
+    /// `pg_wait_sampling` and, on PoWA 5, `pg_track_settings`.
     pub fn remote(options: &RemoteOptions) -> Cluster {
-        let mut extensions = vec!["pg_stat_statements", "btree_gist"];
-        if options.powa {
-            extensions.push("powa");
-        }
-        extensions.extend(["pg_qualstats", "pg_stat_kcache", "pg_wait_sampling"]);
+        let install = options.version.install();
+        let extensions = options.version.remote_extensions(options.powa);
         for extension in &extensions {
-            require_extension(extension);
+            install.require_extension(extension);
         }
 
         let mut settings = vec![("shared_preload_libraries", format!("'{REMOTE_PRELOAD}'"))];
@@ -290,62 +470,114 @@ impl Cluster {
         } else {
             "remote without powa"
         };
-        let cluster = Cluster::start(name, &settings);
-
+        let mut cluster = Cluster::start(name, install, options.version, &settings);
         cluster.create_powa_database();
-        let mut client = cluster.connect_powa();
-        for extension in &extensions {
-            client
-                .batch_execute(&format!("CREATE EXTENSION {extension}"))
-                .unwrap_or_else(|error| {
-                    panic!("{}: CREATE EXTENSION {extension}: {error}", cluster.name)
-                });
-        }
+        cluster.create_extensions(&extensions, options.powa_schema, options.stats_schema);
         cluster
     }
 
     /// A PoWA 4 repository: database `powa` with `powa` and what it needs.
     pub fn repository() -> Cluster {
-        Cluster::repository_with(&[])
+        Cluster::repository_for(&RepositoryOptions::default())
     }
 
     /// A PoWA 4 repository with more `postgresql.conf` settings.
-    pub fn repository_with(extra: &[(&str, String)]) -> Cluster {
-        for extension in ["pg_stat_statements", "btree_gist", "powa"] {
-            require_extension(extension);
+    pub fn repository_with(extra: &[(&'static str, String)]) -> Cluster {
+        Cluster::repository_for(&RepositoryOptions {
+            settings: extra.to_vec(),
+            ..RepositoryOptions::default()
+        })
+    }
+
+    /// A repository of PoWA `version`, otherwise default.
+    pub fn repository_of(version: Powa) -> Cluster {
+        Cluster::repository_for(&RepositoryOptions {
+            version,
+            ..RepositoryOptions::default()
+        })
+    }
+
+    /// A repository: database `powa` with `powa` and what it needs
+    /// (`pg_track_settings` too on PoWA 5, where it is external).
+    pub fn repository_for(options: &RepositoryOptions) -> Cluster {
+        let install = options.version.install();
+        let mut extensions = vec!["pg_stat_statements", "btree_gist", "powa"];
+        if options.version == Powa::V5 {
+            extensions.push("pg_track_settings");
+        }
+        for extension in &extensions {
+            install.require_extension(extension);
         }
         let mut settings = vec![(
             "shared_preload_libraries",
             "'pg_stat_statements'".to_string(),
         )];
-        settings.extend(extra.iter().cloned());
-        let cluster = Cluster::start("repository", &settings);
+        settings.extend(options.settings.iter().cloned());
+        let mut cluster = Cluster::start("repository", install, options.version, &settings);
         cluster.create_powa_database();
-        cluster
-            .connect_powa()
-            .batch_execute("CREATE EXTENSION powa CASCADE")
-            .unwrap_or_else(|error| panic!("repository: CREATE EXTENSION powa CASCADE: {error}"));
+        cluster.create_extensions(&extensions, options.powa_schema, options.stats_schema);
         cluster
     }
 
-    fn start(name: &str, settings: &[(&str, String)]) -> Cluster {
+    /// Creates `extensions` in database `powa`, in that order: `powa` in
+    /// `powa_schema`, the others in `stats_schema` (`public` when `None`).
+    fn create_extensions(
+        &mut self,
+        extensions: &[&str],
+        powa_schema: Option<&'static str>,
+        stats_schema: Option<&'static str>,
+    ) {
+        let mut client = self.connect_powa();
+        for schema in [powa_schema, stats_schema].into_iter().flatten() {
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .unwrap_or_else(|error| panic!("{}: CREATE SCHEMA {schema}: {error}", self.name));
+        }
+        for extension in extensions {
+            let schema = if *extension == "powa" {
+                powa_schema
+            } else {
+                stats_schema
+            };
+            let sql = match schema {
+                Some(schema) => format!("CREATE EXTENSION {extension} SCHEMA {schema}"),
+                None => format!("CREATE EXTENSION {extension}"),
+            };
+            client
+                .batch_execute(&sql)
+                .unwrap_or_else(|error| panic!("{}: {sql}: {error}", self.name));
+        }
+        self.schemas = [powa_schema, stats_schema].into_iter().flatten().collect();
+    }
+
+    /// Which PoWA the cluster runs.
+    pub fn powa_version(&self) -> Powa {
+        self.version
+    }
+
+    fn start(name: &str, install: Install, version: Powa, settings: &[(&str, String)]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("powa-collector-test-")
-            .tempdir_in(cluster_parent_dir())
+            .tempdir_in(install.cluster_parent_dir())
             .expect("create a temporary directory");
-        chown_to_postgres_if_root(dir.path());
+        install.chown_to_postgres(dir.path());
 
-        let data = dir.path().join("data");
+        let inside = install.inside_path(dir.path());
+        let data = inside.join("data");
         let output = run(
-            pg_command("initdb", dir.path()).arg("-D").arg(&data).args([
-                "--auth=trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ]),
+            install
+                .pg_command("initdb", dir.path())
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]),
             "initdb",
         );
         assert!(
@@ -364,20 +596,21 @@ impl Cluster {
              max_connections = 100\n\
              shared_buffers = '32MB'\n\
              log_line_prefix = '%m [%p] %q%a@%d '\n",
-            dir.path().display()
+            inside.display()
         );
-        append_settings(&data, &conf, settings);
+        append_settings(&dir.path().join("data"), &conf, settings);
 
         let log = dir.path().join("server.log");
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
             let log_len_before = fs::metadata(&log).map(|meta| meta.len()).unwrap_or(0);
             let output = run(
-                pg_command("pg_ctl", dir.path())
+                install
+                    .pg_command("pg_ctl", dir.path())
                     .arg("-D")
                     .arg(&data)
                     .arg("-l")
-                    .arg(&log)
+                    .arg(inside.join("server.log"))
                     .args(["-w", "-t", "60", "-o"])
                     .arg(format!("-p {port}"))
                     .arg("start"),
@@ -386,8 +619,11 @@ impl Cluster {
             if output.status.success() {
                 return Cluster {
                     name: format!("{name} (port {port})"),
+                    install,
                     dir,
                     port,
+                    version,
+                    schemas: Vec::new(),
                 };
             }
             let log_text = fs::read(&log).unwrap_or_default();
@@ -428,7 +664,7 @@ impl Cluster {
         fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-        chown_to_postgres_if_root(&path);
+        self.install.chown_to_postgres(&path);
         path
     }
 
@@ -442,9 +678,10 @@ impl Cluster {
             fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         }
         let output = run(
-            pg_command("pg_ctl", self.dir.path())
+            self.install
+                .pg_command("pg_ctl", self.dir.path())
                 .arg("-D")
-                .arg(&data)
+                .arg(self.install.inside_path(&data))
                 .arg("reload"),
             "pg_ctl reload",
         );
@@ -464,11 +701,19 @@ impl Cluster {
         )
     }
 
+    /// A connection to `dbname` as postgres; the schemas of the extensions,
+    /// when not `public`, come first in its `search_path`.
     pub fn connect(&self, dbname: &str) -> Client {
-        let dsn = format!(
+        let mut dsn = format!(
             "host=127.0.0.1 port={} user=postgres dbname={dbname}",
             self.port
         );
+        if !self.schemas.is_empty() {
+            dsn.push_str(&format!(
+                " options='-c search_path={},public'",
+                self.schemas.join(",")
+            ));
+        }
         Client::connect(&dsn, NoTls)
             .unwrap_or_else(|error| panic!("{}: connect to {dbname}: {error}", self.name))
     }
@@ -490,9 +735,13 @@ impl Cluster {
             .execute(
                 "SELECT powa_register_server(hostname => '127.0.0.1', port => $1, \
                  alias => $2, username => 'postgres', dbname => 'powa', \
-                 frequency => $3, \
-                 extensions => '{pg_stat_kcache,pg_qualstats,pg_wait_sampling}')",
-                &[&port, &alias, &frequency],
+                 frequency => $3, extensions => $4)",
+                &[
+                    &port,
+                    &alias,
+                    &frequency,
+                    &self.version.registered_extensions(),
+                ],
             )
             .unwrap_or_else(|error| panic!("powa_register_server for {}: {error}", remote.name));
         client
@@ -515,8 +764,13 @@ impl Cluster {
             .execute(
                 "SELECT powa_register_server(hostname => $1, port => $2, \
                  username => 'postgres', dbname => 'powa', frequency => $3, \
-                 extensions => '{pg_stat_kcache,pg_qualstats,pg_wait_sampling}')",
-                &[&hostname, &port, &frequency],
+                 extensions => $4)",
+                &[
+                    &hostname,
+                    &port,
+                    &frequency,
+                    &self.version.registered_extensions(),
+                ],
             )
             .unwrap_or_else(|error| panic!("powa_register_server for {hostname}:{port}: {error}"));
         client
@@ -540,9 +794,11 @@ impl Cluster {
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> bool {
-        let output = pg_command("pg_ctl", self.dir.path())
+        let output = self
+            .install
+            .pg_command("pg_ctl", self.dir.path())
             .arg("-D")
-            .arg(self.dir.path().join("data"))
+            .arg(self.install.inside_path(&self.dir.path().join("data")))
             .args(["-w", "-t", "30", "-m", mode, "stop"])
             .output();
         match output {
@@ -1070,4 +1326,38 @@ fn harness_starts_clusters_and_registers_a_remote() {
         .expect("pg_extension")
         .get(0);
     assert!(!has_powa);
+}
+
+#[test]
+fn harness_starts_powa5_clusters_in_the_chroot() {
+    let repository = Cluster::repository_of(Powa::V5);
+    let remote = Cluster::remote(&RemoteOptions::of(Powa::V5));
+    assert_eq!(remote.powa_version(), Powa::V5);
+    let srvid = repository.register_remote(&remote, "harness", 5);
+
+    let mut repo = repository.connect_powa();
+    let version: String = repo
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'powa'",
+            &[],
+        )
+        .expect("powa version")
+        .get(0);
+    assert!(version.starts_with("5."), "powa {version}");
+    let names = server_strings(
+        &mut repo,
+        "SELECT name FROM powa_functions \
+         WHERE srvid = $1 AND operation = 'snapshot' AND enabled ORDER BY name",
+        srvid,
+        "powa_functions",
+    );
+    for name in ["pg_stat_statements", "pg_track_settings", "pg_qualstats"] {
+        assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
+    }
+    let server_version: i32 = remote
+        .connect_powa()
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .expect("server_version_num")
+        .get(0);
+    assert!(server_version >= 170000, "{server_version}");
 }

@@ -1,5 +1,6 @@
 //! Integration tests of `powa-collector`: the real binary against throwaway
-//! PostgreSQL 15 clusters (a PoWA 4 repository and remote servers).
+//! PostgreSQL clusters: PoWA 4 repositories and remote servers on PostgreSQL 15,
+//! PoWA 5 ones on PostgreSQL 17 in the PoWA 5 chroot (`scripts/powa5-chroot`).
 //!
 //! Needs the Debian packages postgresql-15, postgresql-15-powa,
 //! postgresql-15-pg-qualstats, postgresql-15-pg-stat-kcache and
@@ -13,6 +14,7 @@
 //! - `memory`: peak memory does not grow with the size of a datasource
 //! - `config_errors`: command line and configuration file errors
 //! - `signals`: SIGTERM stops the daemon promptly and cleanly
+//! - `powa5`: PoWA 5 snapshots, per-database data, catalogs, roles, schemas, versions
 //! - `powa_web`: a client of the command protocol that behaves like powa-web
 //! - `fleet`: one remote cluster as many servers; the collector's sessions
 //! - `protocol`: every command and malformed request gets the right answer
@@ -26,6 +28,7 @@ mod failures;
 mod fleet;
 mod harness;
 mod memory;
+mod powa5;
 mod powa_web;
 mod protocol;
 mod reload;

@@ -15,11 +15,11 @@ const PGSS_IGNORED: &str =
     "'^[[:space:]]*(DEALLOCATE|BEGIN|PREPARE TRANSACTION|COMMIT PREPARED|ROLLBACK PREPARED)'";
 
 /// A statement as powa_statements keys it: (queryid, dbid, userid).
-type StatementKey = (i64, u32, u32);
+pub type StatementKey = (i64, u32, u32);
 
 /// The statements of the remote's pg_stat_statements that a snapshot takes,
 /// with their text.
-fn remote_statements(remote: &mut Client) -> BTreeMap<StatementKey, String> {
+pub fn remote_statements(remote: &mut Client) -> BTreeMap<StatementKey, String> {
     remote
         .query(
             &format!(
@@ -38,7 +38,7 @@ fn remote_statements(remote: &mut Client) -> BTreeMap<StatementKey, String> {
 }
 
 /// The statements stored for `srvid` in the repository, with their text.
-fn stored_statements(repo: &mut Client, srvid: i32) -> BTreeMap<StatementKey, String> {
+pub fn stored_statements(repo: &mut Client, srvid: i32) -> BTreeMap<StatementKey, String> {
     repo.query(
         "SELECT queryid, dbid, userid, query FROM powa_statements WHERE srvid = $1",
         &[&srvid],

@@ -1,0 +1,137 @@
+//! Copying one datasource: the remote's `COPY ... TO STDOUT` streamed into
+//! the repository's `COPY ... FROM STDIN`, chunk by chunk, so memory does
+//! not grow with the size of a datasource; each side in a savepoint, so
+//! that a datasource that fails is rolled back alone and both connections
+//! stay usable. Also the remote-side cleanup that follows some copies.
+
+use std::io::{BufRead, Write};
+
+use postgres::Transaction;
+
+use crate::error::{Error, describe_postgres_error};
+
+/// A connection that failed as a whole, not just one datasource: the
+/// snapshot (or, for a per-database connection, that database) cannot go
+/// on with it.
+#[derive(Debug)]
+pub enum Broken {
+    Remote(Error),
+    Repository(Error),
+}
+
+impl From<Broken> for Error {
+    fn from(broken: Broken) -> Error {
+        match broken {
+            Broken::Remote(error) | Broken::Repository(error) => error,
+        }
+    }
+}
+
+/// One copy: `name` for messages, the remote's query and the repository's
+/// target table, both ready for COPY.
+pub struct Copy<'a> {
+    pub name: &'a str,
+    /// A `SELECT` on the remote.
+    pub query: String,
+    /// A qualified table on the repository.
+    pub table: &'a str,
+}
+
+/// Copies one datasource. `Ok(Err(message))` is the datasource's own
+/// error, already rolled back; `Ok(Ok(rows))` what it copied.
+pub fn copy(
+    remote: &mut Transaction<'_>,
+    repo: &mut Transaction<'_>,
+    copy: &Copy<'_>,
+) -> Result<Result<u64, String>, Broken> {
+    let name = copy.name;
+    let savepoint_error = |e| Error::postgres(format!("cannot open a savepoint for {name}"), e);
+    let closing_error = |e| Error::postgres(format!("cannot close the savepoint of {name}"), e);
+    let mut source = remote
+        .savepoint("src")
+        .map_err(|e| Broken::Remote(savepoint_error(e)))?;
+    let mut target = repo
+        .savepoint("data")
+        .map_err(|e| Broken::Repository(savepoint_error(e)))?;
+    let copied = stream(&mut source, &mut target, copy);
+    let (source_closed, target_closed) = if copied.is_ok() {
+        (source.commit(), target.commit())
+    } else {
+        (source.rollback(), target.rollback())
+    };
+    source_closed.map_err(|e| Broken::Remote(closing_error(e)))?;
+    target_closed.map_err(|e| Broken::Repository(closing_error(e)))?;
+    Ok(copied)
+}
+
+/// Runs `sql` on the remote in a savepoint: `Ok(Err(message))` when it
+/// failed (and was rolled back).
+pub fn cleanup(remote: &mut Transaction<'_>, sql: &str) -> Result<Result<(), String>, Broken> {
+    let mut savepoint = remote.savepoint("cleanup").map_err(|e| {
+        Broken::Remote(Error::postgres(
+            "cannot open a savepoint on the remote server",
+            e,
+        ))
+    })?;
+    let (outcome, closed) = match savepoint.batch_execute(sql) {
+        Ok(()) => (Ok(()), savepoint.commit()),
+        Err(e) => (
+            Err(format!(
+                "Error while calling {sql}: {}",
+                describe_postgres_error(&e)
+            )),
+            savepoint.rollback(),
+        ),
+    };
+    closed.map_err(|e| {
+        Broken::Remote(Error::postgres(
+            "cannot close a savepoint on the remote server",
+            e,
+        ))
+    })?;
+    Ok(outcome)
+}
+
+/// Streams the remote's COPY output into the repository's COPY input, one
+/// chunk at a time.
+fn stream(
+    source: &mut Transaction<'_>,
+    target: &mut Transaction<'_>,
+    copy: &Copy<'_>,
+) -> Result<u64, String> {
+    let name = copy.name;
+    let reading = |e: &dyn std::fmt::Display| format!("Error while calling {name}: {e}");
+    let writing = |e: &dyn std::fmt::Display| format!("Error while inserting data of {name}: {e}");
+
+    let mut reader = source
+        .copy_out(&format!("COPY ({}) TO STDOUT", copy.query))
+        .map_err(|e| reading(&describe_postgres_error(&e)))?;
+    let mut writer = target
+        .copy_in(&format!("COPY {} FROM STDIN", copy.table))
+        .map_err(|e| writing(&describe_postgres_error(&e)))?;
+    loop {
+        let chunk = reader.fill_buf().map_err(|e| reading(&describe_io(&e)))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let length = chunk.len();
+        writer
+            .write_all(chunk)
+            .map_err(|e| writing(&describe_io(&e)))?;
+        reader.consume(length);
+    }
+    writer
+        .finish()
+        .map_err(|e| writing(&describe_postgres_error(&e)))
+}
+
+/// The `postgres` error inside an I/O error from a COPY reader or writer.
+fn describe_io(error: &std::io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<postgres::Error>())
+    {
+        Some(postgres) => describe_postgres_error(postgres),
+        None => error.to_string(),
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use postgres::Client;
 
 use crate::harness::{
-    Cluster, Collector, RemoteOptions, SnapshotMeta, repository_with_remote, snapshot_meta,
-    wait_until,
+    Cluster, Collector, Powa, RemoteOptions, SnapshotMeta, repository_with_remote_of,
+    snapshot_meta, wait_until,
 };
 
 /// The last snapshot of a server and the history rows it stored.
@@ -127,7 +127,16 @@ fn remote_without_powa_stops_only_its_worker() {
 
 #[test]
 fn datasource_failing_on_the_repository_is_reported_and_others_land() {
-    let (repository, _remote, srvid) = repository_with_remote(5);
+    failing_datasource_is_reported(Powa::V4);
+}
+
+#[test]
+fn powa5_datasource_failing_on_the_repository_is_reported_and_others_land() {
+    failing_datasource_is_reported(Powa::V5);
+}
+
+fn failing_datasource_is_reported(version: Powa) {
+    let (repository, _remote, srvid) = repository_with_remote_of(version, 5);
     let mut repo = repository.connect_powa();
 
     let mut collector = Collector::start(&repository);

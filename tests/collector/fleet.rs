@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use postgres::Client;
 
-use crate::harness::{Cluster, RemoteOptions};
+use crate::harness::{Cluster, Powa, RemoteOptions};
 
 /// Prefix of the `application_name` of a worker's remote connection.
 pub const WORKER_SESSION: &str = "PoWA collector - worker ";
@@ -25,13 +25,18 @@ pub fn host(n: usize) -> String {
 /// A PoWA remote listening on 127.0.0.1 to 127.0.0.`addresses`, accepting
 /// `max_connections` sessions.
 pub fn remote_on_addresses(addresses: usize, max_connections: u32) -> Cluster {
+    remote_on_addresses_of(Powa::V4, addresses, max_connections)
+}
+
+/// `remote_on_addresses` with PoWA `version`.
+pub fn remote_on_addresses_of(version: Powa, addresses: usize, max_connections: u32) -> Cluster {
     let listen: Vec<String> = (1..=addresses).map(host).collect();
     Cluster::remote(&RemoteOptions {
         settings: vec![
             ("listen_addresses", format!("'{}'", listen.join(","))),
             ("max_connections", max_connections.to_string()),
         ],
-        ..RemoteOptions::default()
+        ..RemoteOptions::of(version)
     })
 }
 

@@ -838,8 +838,13 @@ impl Drop for Cluster {
 /// A repository and a default remote registered on it as `remote`, every
 /// `frequency` seconds: the repository, the remote and its srvid.
 pub fn repository_with_remote(frequency: i32) -> (Cluster, Cluster, i32) {
-    let repository = Cluster::repository();
-    let remote = Cluster::remote(&RemoteOptions::default());
+    repository_with_remote_of(Powa::V4, frequency)
+}
+
+/// `repository_with_remote` with PoWA `version` on both.
+pub fn repository_with_remote_of(version: Powa, frequency: i32) -> (Cluster, Cluster, i32) {
+    let repository = Cluster::repository_of(version);
+    let remote = Cluster::remote(&RemoteOptions::of(version));
     let srvid = repository.register_remote(&remote, "remote", frequency);
     (repository, remote, srvid)
 }

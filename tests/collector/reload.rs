@@ -12,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postgres::Client;
 
 use crate::fleet::{
-    host, postpone_snapshots, register_at, remote_on_addresses, worker_pids, worker_sessions,
+    host, postpone_snapshots, register_at, remote_on_addresses_of, worker_pids, worker_sessions,
 };
 use crate::harness::{
-    Cluster, Collector, free_port, repository_with_remote, snapshot_meta, wait_for,
+    Cluster, Collector, Powa, free_port, repository_with_remote, snapshot_meta, wait_for,
 };
 use crate::powa_web::{PowaWeb, all_running, start_collector_with_web};
 
@@ -88,8 +88,17 @@ fn wait_for_agreement(
 
 #[test]
 fn workers_follow_the_server_list_on_sighup_and_on_reload() {
-    let repository = Cluster::repository();
-    let remote = remote_on_addresses(6, 100);
+    workers_follow_the_server_list(Powa::V4);
+}
+
+#[test]
+fn powa5_workers_follow_the_server_list_on_sighup_and_on_reload() {
+    workers_follow_the_server_list(Powa::V5);
+}
+
+fn workers_follow_the_server_list(version: Powa) {
+    let repository = Cluster::repository_of(version);
+    let remote = remote_on_addresses_of(version, 6, 100);
     let key = |n: usize| format!("{}:{}", host(n), remote.port());
     let initial = register_at(
         &repository,

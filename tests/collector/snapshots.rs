@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 
 use crate::harness::{
-    Collector, count_rows, repository_with_remote, repository_with_two_remotes, snapshot_meta,
+    Collector, Powa, count_rows, repository_with_remote, repository_with_remote_of,
+    repository_with_two_remotes, snapshot_meta,
 };
 
 /// What powa_statements_src leaves out of pg_stat_statements.
@@ -130,7 +131,16 @@ fn two_remotes_get_snapshots_every_frequency() {
 
 #[test]
 fn snapshot_stores_what_the_remote_had() {
-    let (repository, remote, srvid) = repository_with_remote(5);
+    stores_what_the_remote_had(Powa::V4);
+}
+
+#[test]
+fn powa5_snapshot_stores_what_the_remote_had() {
+    stores_what_the_remote_had(Powa::V5);
+}
+
+fn stores_what_the_remote_had(version: Powa) {
+    let (repository, remote, srvid) = repository_with_remote_of(version, 5);
 
     // Distinct statements: each pair of columns is its own query.
     let mut remote_client = remote.connect_powa();

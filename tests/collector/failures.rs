@@ -1,13 +1,13 @@
 //! Failures the collector must survive and report in
 //! `powa_snapshot_metas.errors`: a remote without PoWA, a datasource that
-//! cannot be stored on the repository.
+//! cannot be stored on the repository, a failing `powa_take_snapshot`.
 
 use std::time::Duration;
 
 use postgres::Client;
 
 use crate::harness::{
-    Cluster, Collector, Powa, RemoteOptions, SnapshotMeta, repository_with_remote_of,
+    Cluster, Collector, Powa, RemoteOptions, SnapshotMeta, count_rows, repository_with_remote_of,
     snapshot_meta, wait_until,
 };
 
@@ -188,4 +188,39 @@ fn failing_datasource_is_reported(version: Powa) {
     );
     println!("repaired snapshot: {repaired:?}");
     assert!(repaired.statements_rows > 0, "{repaired:?}");
+}
+
+#[test]
+fn a_failed_powa_take_snapshot_leaves_no_staged_rows() {
+    let (repository, _remote, srvid) = repository_with_remote_of(Powa::V4, 5);
+    let mut repo = repository.connect_powa();
+    // powa_take_snapshot starts by moving coalesce_seq on: make that fail,
+    // and only that (the collector's error reports still go through).
+    repo.batch_execute(
+        "CREATE FUNCTION refuse_snapshot() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN RAISE EXCEPTION 'snapshot refused by the test'; END$$; \
+         CREATE TRIGGER refuse_snapshot BEFORE UPDATE ON powa_snapshot_metas \
+           FOR EACH ROW WHEN (NEW.coalesce_seq <> OLD.coalesce_seq) \
+           EXECUTE FUNCTION refuse_snapshot()",
+    )
+    .expect("make powa_take_snapshot fail");
+
+    let mut collector = Collector::start(&repository);
+    let meta = collector.wait_for(
+        Duration::from_secs(20),
+        "the error of powa_take_snapshot",
+        || {
+            let meta = snapshot_meta(&mut repo, srvid);
+            if meta.has_error_containing("snapshot refused by the test") {
+                Ok(meta)
+            } else {
+                Err(format!("{meta:?}"))
+            }
+        },
+    );
+    assert_eq!(meta.coalesce_seq, 1, "{meta:?}");
+    for table in ["powa_statements_src_tmp", "powa_databases_src_tmp"] {
+        let staged = count_rows(&mut repo, table, srvid);
+        assert_eq!(staged, 0, "rows of the failed snapshot left in {table}");
+    }
 }

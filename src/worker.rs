@@ -502,7 +502,7 @@ impl Worker {
         }
         let conninfo = self.server.conninfo();
         let connected = conninfo
-            .connect(&format!("PoWA collector - worker {}", self.name))
+            .connect(&self.remote_application_name())
             .map_err(|e| {
                 e.into_error(format!(
                     "cannot connect to remote server {} ({conninfo})",
@@ -557,6 +557,12 @@ impl Worker {
             })?;
         let powa = powa::prepare(&mut client, "the repository")?;
         Ok((client, powa))
+    }
+
+    /// The name of the worker's connections to its remote server (to the
+    /// PoWA database and to the others).
+    fn remote_application_name(&self) -> String {
+        format!("PoWA collector - worker {}", self.name)
     }
 
     fn repository_application_name(&self) -> String {
@@ -616,6 +622,7 @@ impl Worker {
             }
         };
         let application_name = self.repository_application_name();
+        let database_application_name = self.remote_application_name();
         let Some(remote) = self.remote.as_mut() else {
             return Ok(());
         };
@@ -644,7 +651,7 @@ impl Worker {
         let context = SnapshotContext {
             shared: &self.shared,
             server: &self.server,
-            application_name: format!("PoWA collector - worker {}", self.name),
+            application_name: database_application_name,
         };
         let outcome = snapshot::take(&mut remote.client, &mut repo, &job, &context);
         {
@@ -652,6 +659,21 @@ impl Worker {
             shared.snapshot_running = false;
             shared.in_flight.clear();
         }
+        let remote_closed = remote.client.is_closed();
+        self.after_snapshot(outcome, started, remote_closed, (&mut repo, &repo_powa));
+        Ok(())
+    }
+
+    /// Logs how a snapshot ended and keeps the worker's state in step: the
+    /// catalog refreshes it served, the connections it broke, the error for
+    /// the UI.
+    fn after_snapshot(
+        &mut self,
+        outcome: Result<snapshot::SnapshotReport, Error>,
+        started: Instant,
+        remote_closed: bool,
+        (repo, repo_powa): (&mut Client, &Powa),
+    ) {
         match outcome {
             Ok(report) => {
                 if report.skipped.is_none() {
@@ -664,17 +686,16 @@ impl Worker {
             }
             Err(error) => {
                 log::error!("snapshot failed: {error}");
-                if remote.client.is_closed() {
+                if remote_closed {
                     self.shared.set_status(WorkerStatus::NoRemoteConnection);
                 }
                 // The next snapshot starts from fresh connections.
                 self.remote = None;
                 if !repo.is_closed() {
-                    self.report(&mut repo, &repo_powa, &error);
+                    self.report(repo, repo_powa, &error);
                 }
             }
         }
-        Ok(())
     }
 }
 

@@ -6,9 +6,10 @@
 
 use std::io::{BufRead, Write};
 
-use postgres::Transaction;
+use postgres::{SimpleQueryMessage, Transaction};
 
 use crate::error::{Error, describe_postgres_error};
+use crate::powa::quote_literal;
 
 /// A connection that failed as a whole, not just one datasource: the
 /// snapshot (or, for a per-database connection, that database) cannot go
@@ -94,6 +95,12 @@ pub fn cleanup(remote: &mut Transaction<'_>, sql: &str) -> Result<Result<(), Str
 
 /// Streams the remote's COPY output into the repository's COPY input, one
 /// chunk at a time.
+///
+/// Both COPYs must end cleanly, whatever fails, for their connections to
+/// stay usable: the repository's is opened first (so that a target that
+/// cannot be written leaves no remote COPY running), an unfinished one is
+/// aborted by dropping its writer, and when writing fails midway the rest of
+/// the remote's output is read and discarded.
 fn stream(
     source: &mut Transaction<'_>,
     target: &mut Transaction<'_>,
@@ -103,26 +110,68 @@ fn stream(
     let reading = |e: &dyn std::fmt::Display| format!("Error while calling {name}: {e}");
     let writing = |e: &dyn std::fmt::Display| format!("Error while inserting data of {name}: {e}");
 
-    let mut reader = source
-        .copy_out(&format!("COPY ({}) TO STDOUT", copy.query))
-        .map_err(|e| reading(&describe_postgres_error(&e)))?;
+    ready_to_receive(target, copy.table).map_err(|e| writing(&e))?;
     let mut writer = target
         .copy_in(&format!("COPY {} FROM STDIN", copy.table))
         .map_err(|e| writing(&describe_postgres_error(&e)))?;
+    let mut reader = source
+        .copy_out(&format!("COPY ({}) TO STDOUT", copy.query))
+        .map_err(|e| reading(&describe_postgres_error(&e)))?;
     loop {
         let chunk = reader.fill_buf().map_err(|e| reading(&describe_io(&e)))?;
         if chunk.is_empty() {
             break;
         }
         let length = chunk.len();
-        writer
-            .write_all(chunk)
-            .map_err(|e| writing(&describe_io(&e)))?;
+        if let Err(e) = writer.write_all(chunk) {
+            reader.consume(length);
+            drain(&mut reader);
+            return Err(writing(&describe_io(&e)));
+        }
         reader.consume(length);
     }
     writer
         .finish()
         .map_err(|e| writing(&describe_postgres_error(&e)))
+}
+
+/// Makes sure `COPY table FROM STDIN` cannot fail before it starts: the
+/// table exists, is locked as COPY would lock it (waiting at most
+/// `lock_timeout`), and may be written to. The driver cannot recover from a
+/// `COPY ... FROM STDIN` that the server refuses before entering COPY mode
+/// (it then reads a second ReadyForQuery and drops the connection), so
+/// those errors are caught here, by ordinary statements, in one round trip.
+fn ready_to_receive(target: &mut Transaction<'_>, table: &str) -> Result<(), String> {
+    let check = format!(
+        "LOCK TABLE {table} IN ROW EXCLUSIVE MODE; \
+         SELECT pg_catalog.has_table_privilege({}, 'INSERT')",
+        quote_literal(table)
+    );
+    let messages = target
+        .simple_query(&check)
+        .map_err(|e| describe_postgres_error(&e))?;
+    let allowed = messages
+        .iter()
+        .any(|message| matches!(message, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")));
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!("permission denied to insert into {table}"))
+    }
+}
+
+/// Reads what is left of a COPY's output, so that its connection is ready
+/// for the next statement.
+fn drain(reader: &mut impl BufRead) {
+    loop {
+        match reader.fill_buf() {
+            Ok([]) | Err(_) => return,
+            Ok(chunk) => {
+                let length = chunk.len();
+                reader.consume(length);
+            }
+        }
+    }
 }
 
 /// The `postgres` error inside an I/O error from a COPY reader or writer.

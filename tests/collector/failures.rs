@@ -125,26 +125,49 @@ fn remote_without_powa_stops_only_its_worker() {
     );
 }
 
+/// Makes the COPY into `powa_wait_sampling_src_tmp` fail once the rows are
+/// in: a column is missing from them.
+const MISSING_COLUMN: Breakage = Breakage {
+    break_sql: "ALTER TABLE powa_wait_sampling_src_tmp ADD COLUMN broken int NOT NULL",
+    repair_sql: "ALTER TABLE powa_wait_sampling_src_tmp DROP COLUMN broken",
+};
+
+/// Makes the COPY into `powa_wait_sampling_src_tmp` fail before any row:
+/// the table is not there, while the remote is already sending its rows.
+const MISSING_TABLE: Breakage = Breakage {
+    break_sql: "ALTER TABLE powa_wait_sampling_src_tmp RENAME TO wait_sampling_away",
+    repair_sql: "ALTER TABLE wait_sampling_away RENAME TO powa_wait_sampling_src_tmp",
+};
+
+/// How a test breaks a datasource on the repository, and repairs it.
+struct Breakage {
+    break_sql: &'static str,
+    repair_sql: &'static str,
+}
+
 #[test]
 fn datasource_failing_on_the_repository_is_reported_and_others_land() {
-    failing_datasource_is_reported(Powa::V4);
+    failing_datasource_is_reported(Powa::V4, &MISSING_COLUMN);
 }
 
 #[test]
 fn powa5_datasource_failing_on_the_repository_is_reported_and_others_land() {
-    failing_datasource_is_reported(Powa::V5);
+    failing_datasource_is_reported(Powa::V5, &MISSING_COLUMN);
 }
 
-fn failing_datasource_is_reported(version: Powa) {
+#[test]
+fn datasource_whose_table_is_missing_is_reported_and_others_land() {
+    failing_datasource_is_reported(Powa::V5, &MISSING_TABLE);
+}
+
+fn failing_datasource_is_reported(version: Powa, breakage: &Breakage) {
     let (repository, _remote, srvid) = repository_with_remote_of(version, 5);
     let mut repo = repository.connect_powa();
 
     let mut collector = Collector::start(&repository);
     collector.wait_for_first_snapshot(&mut repo, srvid, Duration::from_secs(20));
 
-    // COPY of the remote's rows into this table now fails: a column is
-    // missing from them.
-    repo.batch_execute("ALTER TABLE powa_wait_sampling_src_tmp ADD COLUMN broken int NOT NULL")
+    repo.batch_execute(breakage.break_sql)
         .expect("break powa_wait_sampling_src_tmp");
     let failed = collector.wait_for(
         Duration::from_secs(20),
@@ -168,7 +191,7 @@ fn failing_datasource_is_reported(version: Powa) {
         "wait sampling rows landed although their COPY failed: {failed:?}"
     );
 
-    repo.batch_execute("ALTER TABLE powa_wait_sampling_src_tmp DROP COLUMN broken")
+    repo.batch_execute(breakage.repair_sql)
         .expect("repair powa_wait_sampling_src_tmp");
     let fixed_at = snapshot_meta(&mut repo, srvid).coalesce_seq;
     let repaired = collector.wait_for(

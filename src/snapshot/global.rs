@@ -6,9 +6,9 @@
 use postgres::Transaction;
 
 use super::copy::{self, Broken, Copy};
-use super::{Context, SnapshotReport};
+use super::{Context, Job, SnapshotReport};
 use crate::error::Error;
-use crate::powa::Powa;
+use crate::powa::{Powa, quote_ident};
 use crate::repository::datasources::Datasource;
 
 /// Copies `sources` in order; errors of single datasources go to
@@ -16,70 +16,95 @@ use crate::repository::datasources::Datasource;
 pub fn copy_all(
     remote: &mut Transaction<'_>,
     repo: &mut Transaction<'_>,
-    sides: (&Powa, &Powa),
-    srvid: i32,
+    job: &Job<'_>,
     sources: &[Datasource],
     report: &mut SnapshotReport,
     context: &dyn Context,
 ) -> Result<(), Error> {
-    let (remote_powa, repo_powa) = sides;
     for source in sources {
         if context.interrupted() {
             return Err(Error::Interrupted);
         }
-        let Some(query_source) = &source.query_source else {
-            log::warn!(
-                "datasource {} ({}) has no query_source, skipped",
-                source.name,
-                source.function_name
-            );
-            continue;
-        };
-        let Some(remote_schema) = remote_powa.datasource_schema(&source.name, source.external)
-        else {
-            report.error(format!(
-                "Extension {} is not installed on the remote server",
-                source.name
-            ));
-            continue;
-        };
-        let Some(repo_schema) = repo_powa.datasource_schema(&source.name, source.external) else {
-            report.error(format!(
-                "Extension {} is not installed on the repository server",
-                source.name
-            ));
-            continue;
-        };
-        let table = format!(
-            "{repo_schema}.{}",
-            crate::powa::quote_ident(&format!("{query_source}_tmp"))
-        );
-        let copy = Copy {
-            name: query_source,
-            query: format!(
-                "SELECT {srvid}, * FROM {remote_schema}.{}(0)",
-                crate::powa::quote_ident(query_source)
-            ),
-            table: &table,
-        };
-        log::debug!("copying {query_source}");
-        match copy::copy(remote, repo, &copy)? {
-            Ok(rows) => {
-                log::debug!("{query_source}: {rows} rows");
-                report.rows += rows;
-            }
-            Err(message) => report.error(message),
-        }
-        if let Some(cleanup) = &source.query_cleanup {
-            run_cleanup(remote, remote_powa, cleanup, report)?;
-        }
+        copy_one(remote, repo, job, source, report)?;
     }
     Ok(())
 }
 
-/// Runs a datasource's cleanup on the remote, even after a failed copy,
-/// with its `{extension}` placeholders expanded where the generation has
-/// them.
+/// Copies one datasource, then runs its cleanup, even after a failed copy.
+fn copy_one(
+    remote: &mut Transaction<'_>,
+    repo: &mut Transaction<'_>,
+    job: &Job<'_>,
+    source: &Datasource,
+    report: &mut SnapshotReport,
+) -> Result<(), Broken> {
+    let Some(query_source) = &source.query_source else {
+        log::warn!(
+            "datasource {} ({}) has no query_source, skipped",
+            source.name,
+            source.function_name
+        );
+        return Ok(());
+    };
+    match copy_of(job, source, query_source) {
+        Err(message) => report.error(message),
+        Ok((query, table)) => {
+            log::debug!("copying {query_source}");
+            let copy = Copy {
+                name: query_source,
+                query,
+                table: &table,
+            };
+            match copy::copy(remote, repo, &copy)? {
+                Ok(rows) => {
+                    log::debug!("{query_source}: {rows} rows");
+                    report.rows += rows;
+                }
+                Err(message) => report.error(message),
+            }
+        }
+    }
+    if let Some(cleanup) = &source.query_cleanup {
+        run_cleanup(remote, job.remote_powa, cleanup, report)?;
+    }
+    Ok(())
+}
+
+/// The remote's query and the repository's table for a datasource, each in
+/// the schema where that side has the datasource's objects; an error when
+/// one side lacks its extension.
+fn copy_of(
+    job: &Job<'_>,
+    source: &Datasource,
+    query_source: &str,
+) -> Result<(String, String), String> {
+    let schema = |powa: &Powa, side: &str| {
+        powa.datasource_schema(&source.name, source.external)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!(
+                    "Extension {} is not installed on the {side} server",
+                    source.name
+                )
+            })
+    };
+    let remote_schema = schema(job.remote_powa, "remote")?;
+    let repo_schema = schema(job.repo_powa, "repository")?;
+    Ok((
+        format!(
+            "SELECT {}, * FROM {remote_schema}.{}(0)",
+            job.srvid,
+            quote_ident(query_source)
+        ),
+        format!(
+            "{repo_schema}.{}",
+            quote_ident(&format!("{query_source}_tmp"))
+        ),
+    ))
+}
+
+/// Runs a datasource's cleanup on the remote, with its `{extension}`
+/// placeholders expanded where the generation has them.
 fn run_cleanup(
     remote: &mut Transaction<'_>,
     remote_powa: &Powa,

@@ -137,12 +137,10 @@ pub fn take(
         .map_err(on_remote("cannot begin the snapshot"))?;
 
     let started = Instant::now();
-    let sides = (job.remote_powa, job.repo_powa);
     global::copy_all(
         &mut remote_tx,
         &mut repo_tx,
-        sides,
-        job.srvid,
+        job,
         &sources,
         &mut report,
         context,

@@ -15,11 +15,14 @@
 //! repository connection is checked and, if it dropped, re-opened (and
 //! `LISTEN` issued again) while the workers go on.
 //!
-//! Shutdown tells every worker to stop at once (cancelling the query of a
-//! snapshot in flight, which is then rolled back), then joins them, waiting
-//! at most [`SHUTDOWN_DEADLINE`] for all of them. Workers a reload removes
-//! are told to stop the same way but not waited for: the loop joins them as
-//! they end, so a reload answers at once.
+//! Shutdown tells every worker to stop at once (the watchdog cancels the
+//! query of a snapshot in flight, which is then rolled back, and drops the
+//! connections that do not answer), then joins them, waiting at most
+//! [`SHUTDOWN_DEADLINE`] for all of them. Workers a reload removes are told
+//! to stop the same way but not waited for: the loop joins them as they
+//! end, so a reload answers at once. The main thread itself never sends a
+//! cancel request or waits on a worker's peer; its own queries are bounded
+//! by [`MAIN_STATEMENT_TIMEOUT`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,7 +41,9 @@ use crate::protocol::{self, Answer, Command, Request};
 use crate::repository;
 use crate::servers::{self, Change, RunningWorker, ServerSettings};
 use crate::systemd::Notifier;
-use crate::worker::{WorkerHandle, WorkerStatus};
+use crate::watchdog::Watchdog;
+use crate::worker::schedule::{Backoff, jitter};
+use crate::worker::{WorkerHandle, WorkerOptions, WorkerStatus};
 
 /// Longest wait for a notification before the loop looks at its flags.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -46,13 +51,19 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for the workers to end at shutdown; a worker still
 /// connecting or stuck past it is left behind.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
+/// `statement_timeout` of the main thread's repository connection.
+pub const MAIN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First wait before trying a repository that is down again; it doubles
+/// at each failure, up to [`CHECK_INTERVAL`].
+const REPOSITORY_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// While the repository stays down, how often that is logged again.
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(600);
 /// Bound on one check of the repository connection.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+const CHECK_TIMEOUT: Duration = Duration::from_millis(750);
 /// How often stopping workers are looked at, and their queries cancelled
 /// again, while waiting for them.
 const JOIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
-const CANCEL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The channel the collector listens on.
 pub const CHANNEL: &str = "powa_collector";
 
@@ -132,8 +143,10 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         last_check: Instant::now(),
         workers: BTreeMap::new(),
         retiring: Vec::new(),
-        last_cancel: Instant::now(),
         notifier: Notifier::from_env(),
+        watchdog: Watchdog::spawn()
+            .map_err(|e| Error::Connect(format!("cannot start the watchdog thread: {e}")))?,
+        outage: None,
     };
     for server in servers {
         collector.start_worker(server);
@@ -147,7 +160,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         }
         collector.serve_notifications();
         collector.reap_retired();
-        if collector.last_check.elapsed() >= CHECK_INTERVAL {
+        if collector.connection.is_none() || collector.last_check.elapsed() >= CHECK_INTERVAL {
             collector.check_connection();
         }
         collector.notifier.keep_alive();
@@ -159,6 +172,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
     log::info!("stopping {} workers", workers.len());
     workers.append(&mut collector.retiring);
     stop_and_join(workers);
+    collector.watchdog.shutdown();
     Ok(())
 }
 
@@ -182,6 +196,12 @@ impl MainConnection {
                 e.into_error(format!("cannot connect to the repository ({repository})"))
             })?;
         let powa = powa::prepare(&mut client, "the repository")?;
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                MAIN_STATEMENT_TIMEOUT.as_millis()
+            ))
+            .map_err(|e| Error::postgres("cannot set statement_timeout on the repository", e))?;
         let server_version_num = client
             .query_one(
                 "SELECT pg_catalog.current_setting('server_version_num')::int",
@@ -221,7 +241,6 @@ fn stop_and_join(workers: Vec<WorkerHandle>) {
         worker.request_stop();
     }
     let mut pending = workers;
-    let mut last_cancel = Instant::now();
     while !pending.is_empty() && started.elapsed() < SHUTDOWN_DEADLINE {
         let (finished, running): (Vec<_>, Vec<_>) =
             pending.into_iter().partition(WorkerHandle::is_finished);
@@ -234,19 +253,13 @@ fn stop_and_join(workers: Vec<WorkerHandle>) {
         if pending.is_empty() {
             break;
         }
-        if last_cancel.elapsed() >= CANCEL_RETRY_INTERVAL {
-            for worker in &pending {
-                worker.cancel_in_flight();
-            }
-            last_cancel = Instant::now();
-        }
         std::thread::sleep(JOIN_POLL_INTERVAL);
     }
     for worker in pending {
         log::warn!(
-            "worker {} did not stop within {}s; leaving it behind",
+            "worker {} did not stop within {:.1} s; leaving it behind",
             worker.name(),
-            SHUTDOWN_DEADLINE.as_secs()
+            SHUTDOWN_DEADLINE.as_secs_f64()
         );
         worker.detach();
     }
@@ -266,19 +279,29 @@ struct Collector {
     /// Workers told to stop by a reload, joined as they end so that the
     /// main loop never waits for them.
     retiring: Vec<WorkerHandle>,
-    /// When the retiring workers' queries were last cancelled.
-    last_cancel: Instant,
     notifier: Notifier,
+    watchdog: Watchdog,
+    /// Set while the repository cannot be reached.
+    outage: Option<Outage>,
+}
+
+/// The repository cannot be reached: since when, and when to try again.
+struct Outage {
+    since: Instant,
+    backoff: Backoff,
+    retry_at: Instant,
+    last_logged: Instant,
 }
 
 impl Collector {
     fn start_worker(&mut self, server: ServerSettings) {
         let key = server.key();
-        match WorkerHandle::spawn(
-            server,
-            self.repository.clone(),
-            self.config.use_server_alias,
-        ) {
+        let options = WorkerOptions {
+            use_server_alias: self.config.use_server_alias,
+            snapshot_timeout: self.config.snapshot_timeout,
+            watchdog: self.watchdog.handle(),
+        };
+        match WorkerHandle::spawn(server, self.repository.clone(), &options) {
             Ok(worker) => {
                 self.workers.insert(key, worker);
             }
@@ -292,8 +315,7 @@ impl Collector {
         self.retiring.push(worker);
     }
 
-    /// Joins the retiring workers that have ended; cancels again, every
-    /// second, the queries of those still running.
+    /// Joins the retiring workers that have ended.
     fn reap_retired(&mut self) {
         if self.retiring.is_empty() {
             return;
@@ -307,12 +329,6 @@ impl Collector {
             log::info!("worker {name} stopped");
         }
         self.retiring = running;
-        if !self.retiring.is_empty() && self.last_cancel.elapsed() >= CANCEL_RETRY_INTERVAL {
-            for worker in &self.retiring {
-                worker.cancel_in_flight();
-            }
-            self.last_cancel = Instant::now();
-        }
     }
 
     fn log_workers(&self) {
@@ -537,6 +553,8 @@ impl Collector {
             })
             .collect();
         let plan = servers::plan_reload(&running, &servers, config.use_server_alias);
+        let snapshot_timeout = config.snapshot_timeout;
+        let timeout_changed = snapshot_timeout != self.config.snapshot_timeout;
         self.config = config;
 
         let mut starting = Vec::new();
@@ -561,14 +579,14 @@ impl Collector {
                 }
                 Change::Update(server) | Change::Reconnect(server) => {
                     if let Some(worker) = self.workers.get_mut(&server.key()) {
-                        worker.reload(server, self.repository.clone());
+                        worker.reload(server, self.repository.clone(), snapshot_timeout);
                     }
                 }
                 Change::Refresh(key) => {
                     if let Some(worker) = self.workers.get_mut(&key) {
-                        if dsn_changed {
+                        if dsn_changed || timeout_changed {
                             let server = worker.server().clone();
-                            worker.reload(server, self.repository.clone());
+                            worker.reload(server, self.repository.clone(), snapshot_timeout);
                         } else {
                             worker.refresh_versions();
                         }
@@ -576,14 +594,16 @@ impl Collector {
                 }
             }
         }
-        self.last_cancel = Instant::now();
         for server in starting {
             self.start_worker(server);
         }
         Ok(())
     }
 
-    /// Checks the repository connection, re-opening it when it dropped.
+    /// Checks the repository connection, re-opening it when it dropped,
+    /// with a capped exponential backoff while the repository is down; the
+    /// outage is logged when it starts, every [`OUTAGE_LOG_INTERVAL`] while
+    /// it lasts, and when it ends.
     fn check_connection(&mut self) {
         self.last_check = Instant::now();
         if let Some(main) = self.connection.as_mut()
@@ -595,14 +615,53 @@ impl Collector {
             );
             self.connection = None;
         }
-        if self.connection.is_none() {
-            match MainConnection::open(&self.repository) {
-                Ok(main) => {
-                    log::info!("reconnected to the repository");
-                    self.connection = Some(main);
+        if self.connection.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .outage
+            .as_ref()
+            .is_some_and(|outage| now < outage.retry_at)
+        {
+            return;
+        }
+        match MainConnection::open(&self.repository) {
+            Ok(main) => {
+                match self.outage.take() {
+                    Some(outage) => log::info!(
+                        "reconnected to the repository after {:.0} s ({} failed attempts)",
+                        outage.since.elapsed().as_secs_f64(),
+                        outage.backoff.failures()
+                    ),
+                    None => log::info!("reconnected to the repository"),
                 }
-                Err(error) => log::error!("{error}; retrying in {}s", CHECK_INTERVAL.as_secs()),
+                self.connection = Some(main);
             }
+            Err(error) => self.record_outage(now, &error),
+        }
+    }
+
+    fn record_outage(&mut self, now: Instant, error: &Error) {
+        let first = self.outage.is_none();
+        let outage = self.outage.get_or_insert_with(|| Outage {
+            since: now,
+            backoff: Backoff::new(REPOSITORY_BACKOFF_BASE, CHECK_INTERVAL),
+            retry_at: now,
+            last_logged: now,
+        });
+        let wait = outage.backoff.failed(jitter());
+        outage.retry_at = now + wait;
+        if first {
+            log::error!("{error}; retrying in {:.0} s", wait.as_secs_f64());
+        } else if now.duration_since(outage.last_logged) >= OUTAGE_LOG_INTERVAL {
+            log::error!(
+                "the repository is still unreachable after {:.0} s: {error}",
+                outage.since.elapsed().as_secs_f64()
+            );
+            outage.last_logged = now;
+        } else {
+            log::debug!("{error}");
         }
     }
 }

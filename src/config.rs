@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -53,6 +54,9 @@ pub struct Config {
     pub debug: bool,
     /// Name workers by `powa_servers.alias` rather than `host:port`.
     pub use_server_alias: bool,
+    /// Deadline of a snapshot (`snapshot_timeout`, in seconds); `None`
+    /// derives it from each server's frequency.
+    pub snapshot_timeout: Option<Duration>,
     /// Keys the file has that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -64,6 +68,7 @@ impl fmt::Debug for Config {
             .field("repository_dsn", &"<redacted>")
             .field("debug", &self.debug)
             .field("use_server_alias", &self.use_server_alias)
+            .field("snapshot_timeout", &self.snapshot_timeout)
             .field("unknown_keys", &self.unknown_keys)
             .finish()
     }
@@ -142,7 +147,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
 
     let mut unknown_keys = Vec::new();
     for key in root.keys() {
-        if !matches!(key.as_str(), "repository" | "debug" | "use_server_alias") {
+        if !matches!(
+            key.as_str(),
+            "repository" | "debug" | "use_server_alias" | "snapshot_timeout"
+        ) {
             unknown_keys.push(key.clone());
         }
     }
@@ -173,6 +181,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         repository_dsn,
         debug: optional_bool(path, &root, "debug")?,
         use_server_alias: optional_bool(path, &root, "use_server_alias")?,
+        snapshot_timeout: optional_seconds(path, &root, "snapshot_timeout")?,
         unknown_keys,
     };
     config.repository()?;
@@ -184,6 +193,29 @@ fn optional_bool(path: &Path, root: &Map<String, Value>, key: &str) -> Result<bo
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(value)) => Ok(*value),
         Some(other) => Err(wrong_type(path, key, "true or false", other)),
+    }
+}
+
+/// A positive number of seconds, at most a day.
+fn optional_seconds(
+    path: &Path,
+    root: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<Duration>, Error> {
+    const MAX_SECONDS: f64 = 86_400.0;
+    match root.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => match number.as_f64() {
+            Some(seconds) if seconds > 0.0 && seconds <= MAX_SECONDS => {
+                Ok(Some(Duration::from_secs_f64(seconds)))
+            }
+            _ => Err(Error::Config(format!(
+                "{}: key {key}: expected a number of seconds above 0 and at most {MAX_SECONDS}, \
+                 found {number}",
+                path.display()
+            ))),
+        },
+        Some(other) => Err(wrong_type(path, key, "a number of seconds", other)),
     }
 }
 
@@ -228,7 +260,31 @@ mod tests {
         assert_eq!(config.repository_dsn, "postgresql:///powa");
         assert!(!config.debug);
         assert!(!config.use_server_alias);
+        assert_eq!(config.snapshot_timeout, None);
         assert!(config.unknown_keys.is_empty());
+    }
+
+    #[test]
+    fn snapshot_timeout_is_positive_seconds() {
+        let with = |value: &str| {
+            parse_text(&format!(
+                r#"{{"repository": {{"dsn": "postgresql:///powa"}}, "snapshot_timeout": {value}}}"#
+            ))
+        };
+        assert_eq!(
+            with("90").unwrap().snapshot_timeout,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            with("2.5").unwrap().snapshot_timeout,
+            Some(Duration::from_millis(2500))
+        );
+        for bad in ["0", "-3", "1e9"] {
+            let error = with(bad).unwrap_err();
+            assert!(error.contains("key snapshot_timeout"), "{bad}: {error}");
+        }
+        let error = with("\"60\"").unwrap_err();
+        assert!(error.contains("expected a number of seconds"), "{error}");
     }
 
     #[test]

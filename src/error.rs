@@ -29,6 +29,8 @@ pub enum Error {
     Powa(String),
     /// Work was abandoned because the collector is stopping.
     Interrupted,
+    /// A snapshot passed its deadline and was abandoned.
+    DeadlineExceeded(std::time::Duration),
 }
 
 impl Error {
@@ -44,9 +46,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => EXIT_CONFIG,
-            Error::Postgres { .. } | Error::Connect(_) | Error::Powa(_) | Error::Interrupted => {
-                EXIT_FAILURE
-            }
+            Error::Postgres { .. }
+            | Error::Connect(_)
+            | Error::Powa(_)
+            | Error::Interrupted
+            | Error::DeadlineExceeded(_) => EXIT_FAILURE,
         }
     }
 }
@@ -58,6 +62,12 @@ impl fmt::Display for Error {
                 f.write_str(message)
             }
             Error::Interrupted => f.write_str("interrupted: the worker is stopping"),
+            Error::DeadlineExceeded(timeout) => write!(
+                f,
+                "the snapshot did not finish within its deadline of {} s \
+                 (snapshot_timeout) and was rolled back",
+                timeout.as_secs_f64()
+            ),
             Error::Postgres { context, source } => {
                 write!(f, "{context}: {}", describe_postgres_error(source))
             }

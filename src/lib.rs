@@ -10,6 +10,7 @@
 //! - [`config`]: the JSON configuration file;
 //! - [`collector`]: the main thread ([`run`]) and its [`Control`];
 //! - [`worker`]: one thread per remote server;
+//! - [`watchdog`]: snapshot deadlines and stop requests' cancels;
 //! - [`snapshot`]: one snapshot, remote COPY into the repository;
 //! - [`powa`]: PoWA on a connection, and what differs between PoWA 4 and 5;
 //! - [`repository`]: what the collector reads and writes in the repository;
@@ -29,6 +30,7 @@ pub mod repository;
 pub mod servers;
 pub mod snapshot;
 pub mod systemd;
+pub mod watchdog;
 pub mod worker;
 
 pub use collector::{Control, run};

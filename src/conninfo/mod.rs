@@ -40,8 +40,10 @@
 //! server's `authentication_timeout` bounds the rest.
 //!
 //! TCP keepalives are on for every connection (30 s idle, then 3 probes
-//! 10 s apart, unless the `keepalives*` keys say otherwise), so that a
-//! vanished peer is noticed within about a minute.
+//! 10 s apart, unless the `keepalives*` keys say otherwise), and
+//! `tcp_user_timeout` is 60 s unless set, so that a vanished peer is
+//! noticed within about a minute, whether the collector is waiting or
+//! sending. A [`Tripwire`] breaks a connection at once from another thread.
 //!
 //! Runs on the thread that connects (the main thread, a worker).
 
@@ -200,6 +202,16 @@ impl ConnInfo {
     /// collector's session settings, trying the hosts, addresses and TLS
     /// modes as libpq does, each attempt within `connect_timeout`.
     pub fn connect(&self, application_name: &str) -> Result<Client, ConnectError> {
+        self.connect_with_tripwire(application_name)
+            .map(|(client, _)| client)
+    }
+
+    /// [`ConnInfo::connect`], with the [`Tripwire`] that can break the
+    /// connection from another thread.
+    pub fn connect_with_tripwire(
+        &self,
+        application_name: &str,
+    ) -> Result<(Client, Tripwire), ConnectError> {
         let settings = self
             .settings
             .as_ref()
@@ -247,7 +259,7 @@ impl ConnInfo {
                             pass,
                         };
                         match attempt.run(application_name) {
-                            Ok(client) => return Ok(client),
+                            Ok(connected) => return Ok(connected),
                             Err((failure, next)) => {
                                 log::debug!("{failure}");
                                 failures.push(failure);
@@ -285,6 +297,21 @@ impl ConnInfo {
             AttemptState::new(),
         );
         token.cancel_query(connector)
+    }
+}
+
+/// Breaks a connection from another thread: its pending and later
+/// operations fail at once, for a peer that stopped answering. Over a
+/// Unix-domain socket (where the driver's stream is not ours) it does
+/// nothing; the local server's own timeouts apply there.
+#[derive(Clone, Default)]
+pub struct Tripwire(Option<Arc<AttemptState>>);
+
+impl Tripwire {
+    pub fn trip(&self) {
+        if let Some(state) = &self.0 {
+            state.trip();
+        }
     }
 }
 
@@ -402,7 +429,7 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    fn run(&self, application_name: &str) -> Result<Client, (Failure, Next)> {
+    fn run(&self, application_name: &str) -> Result<(Client, Tripwire), (Failure, Next)> {
         let settings = self.settings;
         let deadline = settings.connect_timeout.map(Deadline::after);
         let state = AttemptState::new();
@@ -474,7 +501,11 @@ impl Attempt<'_> {
             .batch_execute(SESSION_SETUP)
             .map_err(|e| (self.failure(Cause::Postgres(e)), Next::Address))?;
         state.disarm();
-        Ok(client)
+        let tripwire = match self.endpoint {
+            Endpoint::Tcp(_) => Tripwire(Some(state)),
+            Endpoint::Unix(_) => Tripwire(None),
+        };
+        Ok((client, tripwire))
     }
 
     /// libpq's `connection to server ... failed` prefix.

@@ -29,6 +29,12 @@ pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
 
+/// Default `tcp_user_timeout`, when the connection string sets none: data
+/// sent and not acknowledged for this long drops the connection, so that a
+/// peer that vanished is noticed while sending too, not only while waiting
+/// (where the keepalives notice it).
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// libpq's minimum `connect_timeout`: 1 s is taken as 2 s.
 const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -221,7 +227,7 @@ pub fn resolve(mut options: Options, env: &Env) -> Result<Settings, String> {
                 let ms = parse_int(value, "tcp_user_timeout")?;
                 (ms > 0).then(|| Duration::from_millis(ms as u64))
             }
-            None => None,
+            None => Some(DEFAULT_TCP_USER_TIMEOUT),
         },
         target: target(&options)?,
         load_balance: match options.get("load_balance_hosts").unwrap_or("disable") {
@@ -700,6 +706,8 @@ mod tests {
             ok("tcp_user_timeout=1500", &[]).tcp_user_timeout,
             Some(Duration::from_millis(1500))
         );
+        assert_eq!(ok("", &[]).tcp_user_timeout, Some(DEFAULT_TCP_USER_TIMEOUT));
+        assert_eq!(ok("tcp_user_timeout=0", &[]).tcp_user_timeout, None);
     }
 
     #[test]

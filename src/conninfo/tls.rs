@@ -38,8 +38,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use openssl::nid::Nid;
@@ -286,8 +286,9 @@ impl Plan {
     }
 }
 
-/// What the driver's calls into [`Connector`] tell the connection loop, and
-/// the switch that ends the deadline once the connection is set up.
+/// What the driver's calls into [`Connector`] tell the connection loop, the
+/// switch that ends the deadline once the connection is set up, and the
+/// tripwire that can break the connection later from another thread.
 #[derive(Default)]
 pub struct AttemptState {
     /// The deadline still applies to the stream.
@@ -298,6 +299,10 @@ pub struct AttemptState {
     tls_failed: AtomicBool,
     /// Why the server certificate was refused, when we refused it.
     refusal: Mutex<Option<String>>,
+    /// Set by [`AttemptState::trip`]: every operation on the stream fails.
+    tripped: AtomicBool,
+    /// The task waiting on the stream, woken by a trip.
+    waiting: Mutex<Option<Waker>>,
 }
 
 impl AttemptState {
@@ -311,6 +316,21 @@ impl AttemptState {
     /// Ends the deadline: the connection is set up and lives on.
     pub fn disarm(&self) {
         self.armed.store(false, Ordering::Release);
+    }
+
+    /// Breaks the connection: the operation pending on its stream, if any,
+    /// and every later one fail at once, whatever the peer does. For a peer
+    /// that no longer answers, where a cancel request cannot help.
+    pub fn trip(&self) {
+        self.tripped.store(true, Ordering::Release);
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 
     pub fn tls_started(&self) -> bool {
@@ -860,9 +880,25 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Turns a pending operation into an error once the deadline passed.
+    /// Turns a pending operation into an error once the deadline passed or
+    /// the connection was tripped.
     fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if poll.is_ready() || self.deadline.is_none() {
+        if self.state.tripped.load(Ordering::Acquire) {
+            return Poll::Ready(Err(tripped()));
+        }
+        if poll.is_ready() {
+            return poll;
+        }
+        *self
+            .state
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        // A trip between the first look and the waker's registration.
+        if self.state.tripped.load(Ordering::Acquire) {
+            return Poll::Ready(Err(tripped()));
+        }
+        if self.deadline.is_none() {
             return poll;
         }
         if !self.state.armed.load(Ordering::Acquire) {
@@ -877,6 +913,14 @@ impl Stream {
         }
         poll
     }
+}
+
+/// The error of an operation on a tripped connection.
+fn tripped() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "connection dropped by the collector: the server did not answer in time",
+    )
 }
 
 impl AsyncRead for Stream {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use postgres::Client;
 
 use super::copy::{self, Broken, Copy};
-use super::{Context, SnapshotReport};
+use super::{Context, Job, SnapshotReport};
 use crate::error::Error;
 use crate::powa::quote_literal;
 use crate::repository::datasources::{Catalog, DatabaseModule};
@@ -91,7 +91,6 @@ pub fn plan<'a>(
 
 /// What one snapshot's per-database part needs.
 pub struct Databases<'a> {
-    pub srvid: i32,
     /// The remote's `now()` at the start of the snapshot.
     pub timestamp: &'a str,
     pub work: Vec<DatabaseWork<'a>>,
@@ -102,15 +101,14 @@ pub struct Databases<'a> {
 /// repository connection ends the snapshot (`Err`).
 pub fn copy_all(
     repo: &mut postgres::Transaction<'_>,
+    job: &Job<'_>,
     databases: &Databases<'_>,
     report: &mut SnapshotReport,
     context: &dyn Context,
 ) -> Result<usize, Error> {
     let mut opened = 0;
     for work in &databases.work {
-        if context.interrupted() {
-            return Err(Error::Interrupted);
-        }
+        super::checkpoint(job, context)?;
         log::debug!("collecting database {}", work.dbname);
         let mut client = match context.connect_database(work.dbname) {
             Ok(client) => client,
@@ -120,7 +118,7 @@ pub fn copy_all(
             }
         };
         opened += 1;
-        let outcome = copy_database(&mut client, repo, databases, work, report, context);
+        let outcome = copy_database(&mut client, repo, job, databases, work, report, context);
         drop(client);
         context.closed_database();
         match outcome {
@@ -139,15 +137,18 @@ pub fn copy_all(
 fn copy_database(
     client: &mut Client,
     repo: &mut postgres::Transaction<'_>,
+    job: &Job<'_>,
     databases: &Databases<'_>,
     work: &DatabaseWork<'_>,
     report: &mut SnapshotReport,
     context: &dyn Context,
 ) -> Result<(), Broken> {
-    let mut remote = client
-        .transaction()
-        .map_err(|e| Broken::Remote(Error::postgres("cannot begin a transaction", e)))?;
-    let srvid = databases.srvid;
+    let begin_error = |e| Broken::Remote(Error::postgres("cannot begin a transaction", e));
+    let mut remote = client.transaction().map_err(begin_error)?;
+    remote
+        .batch_execute(&super::server_timeout(job))
+        .map_err(begin_error)?;
+    let srvid = job.srvid;
     let timestamp = quote_literal(databases.timestamp);
     let copies = work
         .modules
@@ -169,7 +170,8 @@ fn copy_database(
             )
         }));
     for (name, tags, query_source, table) in copies {
-        if context.interrupted() {
+        if super::checkpoint(job, context).is_err() {
+            // The caller sees why at its next checkpoint.
             return Ok(());
         }
         let name = format!("{name} in database {}", work.dbname);

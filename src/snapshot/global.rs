@@ -22,9 +22,7 @@ pub fn copy_all(
     context: &dyn Context,
 ) -> Result<(), Error> {
     for source in sources {
-        if context.interrupted() {
-            return Err(Error::Interrupted);
-        }
+        super::checkpoint(job, context)?;
         copy_one(remote, repo, job, source, report)?;
     }
     Ok(())

@@ -45,6 +45,9 @@ pub trait Context {
 /// Which snapshot to take.
 pub struct Job<'a> {
     pub srvid: i32,
+    /// When the snapshot must be over, and the timeout it comes from.
+    pub deadline: Instant,
+    pub timeout: Duration,
     /// PoWA on the remote connection.
     pub remote_powa: &'a Powa,
     /// PoWA on the repository connection.
@@ -120,8 +123,13 @@ pub fn take(
     let mut repo_tx = repo
         .transaction()
         .map_err(on_repo("cannot begin the snapshot"))?;
+    let limit = server_timeout(job);
     repo_tx
-        .batch_execute(&format!("SAVEPOINT {SNAPSHOT_START}"))
+        .batch_execute(&format!(
+            "{limit}; SET LOCAL idle_in_transaction_session_timeout = {}; \
+             SAVEPOINT {SNAPSHOT_START}",
+            job.timeout.as_millis().max(1)
+        ))
         .map_err(on_repo("cannot begin the snapshot"))?;
     let sources = datasources::global(&mut repo_tx, job.repo_powa, job.srvid)
         .map_err(on_repo("cannot read the datasources"))?;
@@ -134,6 +142,9 @@ pub fn take(
     }
     let mut remote_tx = remote
         .transaction()
+        .map_err(on_remote("cannot begin the snapshot"))?;
+    remote_tx
+        .batch_execute(&limit)
         .map_err(on_remote("cannot begin the snapshot"))?;
 
     let started = Instant::now();
@@ -154,12 +165,31 @@ pub fn take(
         report.databases_time = started.elapsed();
     }
 
-    if context.interrupted() {
-        return Err(Error::Interrupted);
-    }
+    checkpoint(job, context)?;
     take_snapshot(&mut repo_tx, job, &mut report)?;
     finish(repo_tx, remote_tx, job, &report, context)?;
     Ok(report)
+}
+
+/// Whether the snapshot may go on: not when the worker is stopping
+/// (`Error::Interrupted`) or the deadline has passed
+/// (`Error::DeadlineExceeded`).
+pub fn checkpoint(job: &Job<'_>, context: &dyn Context) -> Result<(), Error> {
+    if context.interrupted() {
+        return Err(Error::Interrupted);
+    }
+    if Instant::now() >= job.deadline {
+        return Err(Error::DeadlineExceeded(job.timeout));
+    }
+    Ok(())
+}
+
+/// `SET LOCAL statement_timeout` to what is left of the deadline, for the
+/// transactions of a snapshot: a server that still answers ends the
+/// snapshot's statements itself at the deadline.
+pub fn server_timeout(job: &Job<'_>) -> String {
+    let left = job.deadline.saturating_duration_since(Instant::now());
+    format!("SET LOCAL statement_timeout = {}", left.as_millis().max(1))
 }
 
 /// The error reported when the repository and the remote run different
@@ -192,11 +222,10 @@ fn copy_databases(
     let catalogs = datasources::catalogs(repo, job.repo_powa, job.srvid, server_version_num)
         .map_err(on_repo("cannot read the catalogs"))?;
     let databases = Databases {
-        srvid: job.srvid,
         timestamp: &timestamp,
         work: databases::plan(&dbnames, &modules, &catalogs, job.refresh),
     };
-    databases::copy_all(repo, &databases, report, context)
+    databases::copy_all(repo, job, &databases, report, context)
 }
 
 /// Calls `powa_take_snapshot` in a savepoint. When it fails, the staged
@@ -278,11 +307,10 @@ fn finish(
         log::warn!("{e}");
     }
 
-    // A query cancelled by a stop request fails like any other: make sure
-    // such a snapshot is rolled back, not committed half-done.
-    if context.interrupted() {
-        return Err(Error::Interrupted);
-    }
+    // A query cancelled by a stop request or at the deadline fails like any
+    // other: make sure such a snapshot is rolled back, not committed
+    // half-done.
+    checkpoint(job, context)?;
     repo.commit()
         .map_err(on_repo("cannot commit the snapshot"))?;
     remote

@@ -17,6 +17,7 @@ use crate::harness::{
     Cluster, Collector, repository_with_remote, snapshot_meta, wait_for, wait_until,
 };
 use crate::powa_web::start_collector_with_web;
+use crate::reload::THREADS_BESIDES_WORKERS;
 
 /// How long workers may take to start and connect.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,7 +92,11 @@ fn sigterm_with_fifty_idle_servers_exits_within_two_seconds() {
             ))
         }
     });
-    assert_eq!(collector.threads(), SERVERS + 1, "threads of the collector");
+    assert_eq!(
+        collector.threads(),
+        SERVERS + THREADS_BESIDES_WORKERS,
+        "threads of the collector"
+    );
 
     let stopped = collector.signal_and_wait("TERM", Duration::from_secs(15));
     eprintln!(

@@ -97,9 +97,12 @@ pub fn cleanup(remote: &mut Transaction<'_>, sql: &str) -> Result<Result<(), Str
 /// chunk at a time.
 ///
 /// Both COPYs must end cleanly, whatever fails, for their connections to
-/// stay usable: the repository's is opened first (so that a target that
-/// cannot be written leaves no remote COPY running), an unfinished one is
-/// aborted by dropping its writer, and when writing fails midway the rest of
+/// stay usable. The repository's COPY is opened once the remote's first
+/// rows are in: while the remote computes them, the repository session is
+/// idle in its transaction, where `idle_in_transaction_session_timeout`
+/// ends it should the collector vanish (a session in COPY FROM STDIN
+/// waits for the client whatever the timeouts). An unfinished repository
+/// COPY is aborted by dropping its writer; when writing fails, the rest of
 /// the remote's output is read and discarded.
 fn stream(
     source: &mut Transaction<'_>,
@@ -111,12 +114,17 @@ fn stream(
     let writing = |e: &dyn std::fmt::Display| format!("Error while inserting data of {name}: {e}");
 
     ready_to_receive(target, copy.table).map_err(|e| writing(&e))?;
-    let mut writer = target
-        .copy_in(&format!("COPY {} FROM STDIN", copy.table))
-        .map_err(|e| writing(&describe_postgres_error(&e)))?;
     let mut reader = source
         .copy_out(&format!("COPY ({}) TO STDOUT", copy.query))
         .map_err(|e| reading(&describe_postgres_error(&e)))?;
+    reader.fill_buf().map_err(|e| reading(&describe_io(&e)))?;
+    let mut writer = match target.copy_in(&format!("COPY {} FROM STDIN", copy.table)) {
+        Ok(writer) => writer,
+        Err(e) => {
+            drain(&mut reader);
+            return Err(writing(&describe_postgres_error(&e)));
+        }
+    };
     loop {
         let chunk = reader.fill_buf().map_err(|e| reading(&describe_io(&e)))?;
         if chunk.is_empty() {

@@ -793,6 +793,39 @@ impl Cluster {
             .collect()
     }
 
+    /// Stops the server at once (`pg_ctl stop -m immediate`), as a crash
+    /// would; [`Cluster::start_again`] brings it back on the same port.
+    pub fn stop_now(&self) {
+        assert!(
+            self.pg_ctl_stop("immediate"),
+            "{}: immediate stop",
+            self.name
+        );
+    }
+
+    /// Starts the server again after [`Cluster::stop_now`].
+    pub fn start_again(&self) {
+        let inside = self.install.inside_path(self.dir.path());
+        let output = run(
+            self.install
+                .pg_command("pg_ctl", self.dir.path())
+                .arg("-D")
+                .arg(inside.join("data"))
+                .arg("-l")
+                .arg(inside.join("server.log"))
+                .args(["-w", "-t", "60", "-o"])
+                .arg(format!("-p {}", self.port))
+                .arg("start"),
+            "pg_ctl start",
+        );
+        assert!(
+            output.status.success(),
+            "{}: pg_ctl start again failed: {}",
+            self.name,
+            output_text(&output)
+        );
+    }
+
     fn pg_ctl_stop(&self, mode: &str) -> bool {
         let output = self
             .install

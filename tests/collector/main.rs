@@ -11,6 +11,8 @@
 //! - `auth`: password file, TLS and client certificates, deadlines, sockets
 //! - `snapshots`: snapshots land, hold what the remote had, on time
 //! - `failures`: a remote without PoWA, a datasource failing on the repository
+//! - `faults`: stopped, black-holed and killed peers, mid-snapshot
+//! - `proxy`: a TCP proxy with pass, blackhole and reset modes
 //! - `memory`: peak memory does not grow with the size of a datasource
 //! - `config_errors`: command line and configuration file errors
 //! - `signals`: SIGTERM stops the daemon promptly and cleanly
@@ -25,12 +27,14 @@
 mod auth;
 mod config_errors;
 mod failures;
+mod faults;
 mod fleet;
 mod harness;
 mod memory;
 mod powa5;
 mod powa_web;
 mod protocol;
+mod proxy;
 mod reload;
 mod shutdown;
 mod signals;

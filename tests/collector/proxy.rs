@@ -100,7 +100,12 @@ impl Drop for Proxy {
     }
 }
 
-fn accept(listener: &TcpListener, target: u16, state: &Arc<State>, threads: &Mutex<Vec<JoinHandle<()>>>) {
+fn accept(
+    listener: &TcpListener,
+    target: u16,
+    state: &Arc<State>,
+    threads: &Mutex<Vec<JoinHandle<()>>>,
+) {
     while !state.stopping() {
         let client = match listener.accept() {
             Ok((client, _)) => client,

@@ -39,6 +39,7 @@ use crate::error::{Error, describe_postgres_error};
 use crate::powa::{self, Powa};
 use crate::protocol::{self, Answer, Command, Request};
 use crate::repository;
+use crate::repository::metas::{self, ErrorReport};
 use crate::servers::{self, Change, RunningWorker, ServerSettings};
 use crate::systemd::Notifier;
 use crate::watchdog::Watchdog;
@@ -222,11 +223,27 @@ impl MainConnection {
 }
 
 /// Reads the server list; unusable rows are logged and left out.
+/// Reads the server list. Unusable rows are left out: each is logged and
+/// reported for the UI under its own id; a duplicate alias is given up.
 fn read_servers(main: &mut MainConnection) -> Result<Vec<ServerSettings>, Error> {
-    let (servers, refused) = repository::servers::list(&mut main.client, &main.powa)
+    let list = repository::servers::list(&mut main.client, &main.powa)
         .map_err(|e| Error::postgres("cannot read the list of remote servers", e))?;
-    for why in refused {
-        log::error!("{why}; this server is not collected");
+    let (mut servers, refused) = (list.servers, list.refused);
+    for (srvid, why) in refused {
+        let error = format!("{why}; this server is not collected");
+        log::error!("{error}");
+        if let Err(e) = metas::report_errors(
+            &mut main.client,
+            &main.powa,
+            srvid,
+            &[error],
+            ErrorReport::Replace,
+        ) {
+            log::warn!("{e}");
+        }
+    }
+    for warning in servers::dedupe_aliases(&mut servers) {
+        log::warn!("{warning}");
     }
     Ok(servers)
 }

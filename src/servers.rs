@@ -31,9 +31,9 @@ pub struct ServerRow {
     pub srvid: i32,
     pub hostname: String,
     pub port: i32,
-    pub username: String,
+    pub username: Option<String>,
     pub password: Option<String>,
-    pub dbname: String,
+    pub dbname: Option<String>,
     pub frequency: i32,
     pub alias: String,
 }
@@ -70,13 +70,17 @@ impl TryFrom<ServerRow> for ServerSettings {
             .ok()
             .filter(|f| *f > 0)
             .ok_or_else(|| culprit(format!("frequency {} is not positive", row.frequency)))?;
+        let username = row
+            .username
+            .ok_or_else(|| culprit("username is NULL".into()))?;
+        let dbname = row.dbname.ok_or_else(|| culprit("dbname is NULL".into()))?;
         Ok(ServerSettings {
             srvid: row.srvid,
             hostname: row.hostname,
             port,
-            username: row.username,
+            username,
             password: row.password,
-            dbname: row.dbname,
+            dbname,
             frequency,
             alias: row.alias,
         })
@@ -138,6 +142,29 @@ impl fmt::Debug for ServerSettings {
     }
 }
 
+/// Gives up the alias of every server whose alias an earlier one (by id)
+/// already has: two workers must not log under one name. Returns a warning
+/// for each.
+pub fn dedupe_aliases(servers: &mut [ServerSettings]) -> Vec<String> {
+    let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+    let mut warnings = Vec::new();
+    for server in servers.iter_mut().filter(|server| !server.alias.is_empty()) {
+        if let Some(first) = seen.get(&server.alias) {
+            warnings.push(format!(
+                "powa_servers row id {}: alias {:?} is already the alias of server {first}; \
+                 this server is named {} instead",
+                server.srvid,
+                server.alias,
+                server.key()
+            ));
+            server.alias.clear();
+        } else {
+            seen.insert(server.alias.clone(), server.srvid);
+        }
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,9 +174,9 @@ mod tests {
             srvid: 3,
             hostname: "db1".into(),
             port: 5433,
-            username: "powa".into(),
+            username: Some("powa".into()),
             password: Some("s3cret".into()),
-            dbname: "powa".into(),
+            dbname: Some("powa".into()),
             frequency: 300,
             alias: String::new(),
         }
@@ -199,12 +226,48 @@ mod tests {
                 },
                 "hostname is empty",
             ),
+            (
+                ServerRow {
+                    username: None,
+                    ..row()
+                },
+                "username is NULL",
+            ),
+            (
+                ServerRow {
+                    dbname: None,
+                    ..row()
+                },
+                "dbname is NULL",
+            ),
         ];
         for (bad, expected) in cases {
             let error = ServerSettings::try_from(bad).unwrap_err();
             assert!(error.starts_with("powa_servers row id 3: "), "{error}");
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn a_duplicate_alias_falls_back_to_the_key() {
+        let server = |srvid, alias: &str| {
+            ServerSettings::try_from(ServerRow {
+                srvid,
+                port: 5432 + srvid,
+                alias: alias.into(),
+                ..row()
+            })
+            .unwrap()
+        };
+        let mut servers = vec![server(1, "prod"), server(2, ""), server(3, "prod")];
+        let warnings = dedupe_aliases(&mut servers);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("powa_servers row id 3: "),
+            "{warnings:?}"
+        );
+        assert_eq!(servers[0].display_name(true), "prod");
+        assert_eq!(servers[2].display_name(true), "db1:5435");
     }
 
     #[test]

@@ -754,8 +754,29 @@ impl fmt::Display for ConnInfo {
             user,
             dbname,
         } = &self.summary;
-        write!(f, "host={hosts} port={ports} user={user} dbname={dbname}")
+        write!(
+            f,
+            "host={} port={} user={} dbname={}",
+            conninfo_value(hosts),
+            conninfo_value(ports),
+            conninfo_value(user),
+            conninfo_value(dbname)
+        )
     }
+}
+
+/// A value as a libpq `key=value` string writes it: quoted, with `'` and
+/// `\` escaped, when it is empty or holds a space, a quote or a backslash,
+/// so that what is shown reads back as what is used.
+fn conninfo_value(value: &str) -> String {
+    if !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
+        return value.to_string();
+    }
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 impl fmt::Debug for ConnInfo {
@@ -768,6 +789,17 @@ impl fmt::Debug for ConnInfo {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn shown_values_read_back_as_themselves() {
+        assert_eq!(conninfo_value("powa"), "powa");
+        assert_eq!(conninfo_value(""), "''");
+        assert_eq!(
+            conninfo_value("postgres dbname=template1"),
+            "'postgres dbname=template1'"
+        );
+        assert_eq!(conninfo_value("a'b\\c"), "'a\\'b\\\\c'");
+    }
     use std::net::TcpListener;
     use std::time::Instant;
 

@@ -5,15 +5,19 @@ use postgres::GenericClient;
 use crate::powa::Powa;
 use crate::servers::{ServerRow, ServerSettings};
 
+/// The servers of `powa_servers` that can be collected, in id order, and
+/// the rows that cannot, by id, with why.
+pub struct ServerList {
+    pub servers: Vec<ServerSettings>,
+    pub refused: Vec<(i32, String)>,
+}
+
 /// The remote servers to collect, in id order.
 ///
-/// Rows that cannot be used (a port out of range, for instance) are returned
-/// apart, each with a message naming it, so that one bad row does not hide
-/// the others.
-pub fn list(
-    client: &mut impl GenericClient,
-    powa: &Powa,
-) -> Result<(Vec<ServerSettings>, Vec<String>), postgres::Error> {
+/// Rows that cannot be used (a port out of range, a NULL user, for
+/// instance) are returned apart, by id, each with a message naming it, so
+/// that one bad row does not hide the others.
+pub fn list(client: &mut impl GenericClient, powa: &Powa) -> Result<ServerList, postgres::Error> {
     let rows = client.query(
         &format!(
             "SELECT id, hostname, port, username, password, dbname, frequency, \
@@ -36,10 +40,11 @@ pub fn list(
             frequency: row.get(6),
             alias: row.get(7),
         };
+        let srvid = row.srvid;
         match ServerSettings::try_from(row) {
             Ok(server) => servers.push(server),
-            Err(why) => refused.push(why),
+            Err(why) => refused.push((srvid, why)),
         }
     }
-    Ok((servers, refused))
+    Ok(ServerList { servers, refused })
 }

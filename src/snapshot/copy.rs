@@ -38,13 +38,47 @@ pub struct Copy<'a> {
     pub table: &'a str,
 }
 
+/// SQLSTATE `lock_not_available`: `lock_timeout` expired.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Why one copy failed, already rolled back.
+struct Failed {
+    message: String,
+    /// It waited `lock_timeout` for a lock: worth one more try.
+    lock_timeout: bool,
+}
+
+impl Failed {
+    fn new(message: String) -> Failed {
+        Failed {
+            message,
+            lock_timeout: false,
+        }
+    }
+}
+
 /// Copies one datasource. `Ok(Err(message))` is the datasource's own
-/// error, already rolled back; `Ok(Ok(rows))` what it copied.
+/// error, already rolled back; `Ok(Ok(rows))` what it copied. A copy that
+/// hit `lock_timeout` is tried once more before it is reported.
 pub fn copy(
     remote: &mut Transaction<'_>,
     repo: &mut Transaction<'_>,
     copy: &Copy<'_>,
 ) -> Result<Result<u64, String>, Broken> {
+    match copy_once(remote, repo, copy)? {
+        Err(failed) if failed.lock_timeout => {
+            log::info!("{}; trying once more", failed.message);
+            Ok(copy_once(remote, repo, copy)?.map_err(|failed| failed.message))
+        }
+        outcome => Ok(outcome.map_err(|failed| failed.message)),
+    }
+}
+
+fn copy_once(
+    remote: &mut Transaction<'_>,
+    repo: &mut Transaction<'_>,
+    copy: &Copy<'_>,
+) -> Result<Result<u64, Failed>, Broken> {
     let name = copy.name;
     let savepoint_error = |e| Error::postgres(format!("cannot open a savepoint for {name}"), e);
     let closing_error = |e| Error::postgres(format!("cannot close the savepoint of {name}"), e);
@@ -108,27 +142,40 @@ fn stream(
     source: &mut Transaction<'_>,
     target: &mut Transaction<'_>,
     copy: &Copy<'_>,
-) -> Result<u64, String> {
+) -> Result<u64, Failed> {
     let name = copy.name;
-    let reading = |e: &dyn std::fmt::Display| format!("Error while calling {name}: {e}");
-    let writing = |e: &dyn std::fmt::Display| format!("Error while inserting data of {name}: {e}");
+    let reading =
+        |e: &dyn std::fmt::Display| Failed::new(format!("Error while calling {name}: {e}"));
+    let writing = |e: &dyn std::fmt::Display| {
+        Failed::new(format!("Error while inserting data of {name}: {e}"))
+    };
 
-    ready_to_receive(target, copy.table).map_err(|e| writing(&e))?;
+    ready_to_receive(target, copy.table).map_err(|failed| Failed {
+        message: format!("Error while inserting data of {name}: {}", failed.message),
+        ..failed
+    })?;
     let mut reader = source
         .copy_out(&format!("COPY ({}) TO STDOUT", copy.query))
         .map_err(|e| reading(&describe_postgres_error(&e)))?;
-    reader.fill_buf().map_err(|e| reading(&describe_io(&e)))?;
+    // The reader must not be asked again once it said the output ended.
+    let mut ended = reader
+        .fill_buf()
+        .map_err(|e| reading(&describe_io(&e)))?
+        .is_empty();
     let mut writer = match target.copy_in(&format!("COPY {} FROM STDIN", copy.table)) {
         Ok(writer) => writer,
         Err(e) => {
-            drain(&mut reader);
+            if !ended {
+                drain(&mut reader);
+            }
             return Err(writing(&describe_postgres_error(&e)));
         }
     };
-    loop {
+    while !ended {
         let chunk = reader.fill_buf().map_err(|e| reading(&describe_io(&e)))?;
         if chunk.is_empty() {
-            break;
+            ended = true;
+            continue;
         }
         let length = chunk.len();
         if let Err(e) = writer.write_all(chunk) {
@@ -149,22 +196,27 @@ fn stream(
 /// `COPY ... FROM STDIN` that the server refuses before entering COPY mode
 /// (it then reads a second ReadyForQuery and drops the connection), so
 /// those errors are caught here, by ordinary statements, in one round trip.
-fn ready_to_receive(target: &mut Transaction<'_>, table: &str) -> Result<(), String> {
+fn ready_to_receive(target: &mut Transaction<'_>, table: &str) -> Result<(), Failed> {
     let check = format!(
         "LOCK TABLE {table} IN ROW EXCLUSIVE MODE; \
          SELECT pg_catalog.has_table_privilege({}, 'INSERT')",
         quote_literal(table)
     );
-    let messages = target
-        .simple_query(&check)
-        .map_err(|e| describe_postgres_error(&e))?;
+    let messages = target.simple_query(&check).map_err(|e| Failed {
+        message: describe_postgres_error(&e),
+        lock_timeout: e
+            .as_db_error()
+            .is_some_and(|db| db.code().code() == LOCK_NOT_AVAILABLE),
+    })?;
     let allowed = messages
         .iter()
         .any(|message| matches!(message, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")));
     if allowed {
         Ok(())
     } else {
-        Err(format!("permission denied to insert into {table}"))
+        Err(Failed::new(format!(
+            "permission denied to insert into {table}"
+        )))
     }
 }
 

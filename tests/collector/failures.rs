@@ -8,7 +8,7 @@ use postgres::Client;
 
 use crate::harness::{
     Cluster, Collector, Powa, RemoteOptions, SnapshotMeta, count_rows, repository_with_remote_of,
-    snapshot_meta, wait_until,
+    repository_with_two_remotes, snapshot_meta, wait_until,
 };
 
 /// The last snapshot of a server and the history rows it stored.
@@ -246,4 +246,54 @@ fn a_failed_powa_take_snapshot_leaves_no_staged_rows() {
         let staged = count_rows(&mut repo, table, srvid);
         assert_eq!(staged, 0, "rows of the failed snapshot left in {table}");
     }
+}
+
+#[test]
+fn a_panicking_worker_is_reported_and_restarted() {
+    if !cfg!(feature = "fault-injection") {
+        panic!(
+            "this test makes a worker panic through the fault-injection feature: \
+             run cargo test --features fault-injection (scripts/test does)"
+        );
+    }
+    let (repository, _remotes, srvids) = repository_with_two_remotes(5);
+    let [victim, bystander] = srvids[..] else {
+        unreachable!("two remotes")
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let trigger = dir.path().join("panic");
+    let config = Collector::config_for(&repository).to_string();
+    let trigger_path = trigger.to_str().expect("utf-8 path");
+    let mut collector =
+        Collector::start_with_env(&config, &[("POWA_COLLECTOR_PANIC_FILE", trigger_path)]);
+    let mut repo = repository.connect_powa();
+    collector.wait_for_a_snapshot_of_each(&mut repo, &srvids, Duration::from_secs(20));
+
+    std::fs::write(&trigger, victim.to_string()).expect("ask for a panic");
+    let reported = collector.wait_for(Duration::from_secs(20), "the panic, reported", || {
+        let meta = snapshot_meta(&mut repo, victim);
+        if meta.has_error_containing("panic injected") && !trigger.exists() {
+            Ok(meta.coalesce_seq)
+        } else {
+            Err(format!("{meta:?}"))
+        }
+    });
+    let bystander_seq = snapshot_meta(&mut repo, bystander).coalesce_seq;
+    // Restarted: it snapshots again, and so does the other worker.
+    collector.wait_for(Duration::from_secs(20), "snapshots after the panic", || {
+        let victim_meta = snapshot_meta(&mut repo, victim);
+        let bystander_meta = snapshot_meta(&mut repo, bystander);
+        assert_eq!(bystander_meta.errors, None, "the other worker noticed");
+        if victim_meta.coalesce_seq > reported && bystander_meta.coalesce_seq > bystander_seq {
+            Ok(())
+        } else {
+            Err(format!("{victim_meta:?} {bystander_meta:?}"))
+        }
+    });
+    let log = collector.log();
+    assert!(
+        log.contains("the worker panicked: panic injected for server"),
+        "no log line for the panic"
+    );
+    collector.stop().assert_clean_exit(Duration::from_secs(2));
 }

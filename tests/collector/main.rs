@@ -8,10 +8,12 @@
 //! When run as root, PostgreSQL runs as user `postgres` through `runuser`.
 //!
 //! - `harness`: clusters, the collector process, polling helpers
+//! - `bad_rows`: bad `powa_servers` rows are errors for their server only
 //! - `auth`: password file, TLS and client certificates, deadlines, sockets
 //! - `snapshots`: snapshots land, hold what the remote had, on time
 //! - `failures`: a remote without PoWA, a datasource failing on the repository
 //! - `faults`: stopped, black-holed and killed peers, mid-snapshot
+//! - `fuzz`: 10,000 hostile payloads on the command protocol
 //! - `proxy`: a TCP proxy with pass, blackhole and reset modes
 //! - `memory`: peak memory does not grow with the size of a datasource
 //! - `config_errors`: command line and configuration file errors
@@ -25,10 +27,12 @@
 //! - `systemd`: READY, RELOADING, STOPPING and WATCHDOG on `NOTIFY_SOCKET`
 
 mod auth;
+mod bad_rows;
 mod config_errors;
 mod failures;
 mod faults;
 mod fleet;
+mod fuzz;
 mod harness;
 mod memory;
 mod powa5;

@@ -214,10 +214,16 @@ impl PowaWeb {
     /// Sends a barrier request and returns every notification received
     /// before its answer, as (channel, payload), in order.
     pub fn answers_until_barrier(&mut self) -> Vec<(String, String)> {
+        self.answers_until_barrier_within(BARRIER_TIMEOUT)
+    }
+
+    /// [`PowaWeb::answers_until_barrier`], waiting at most `timeout` for the
+    /// barrier's answer.
+    pub fn answers_until_barrier_within(&mut self, timeout: Duration) -> Vec<(String, String)> {
         let barrier = format!("barrier{}", fastrand::u32(1..=99999));
         self.listen(&barrier);
         self.send(&format!("WORKERS_STATUS {barrier} 0"));
-        let deadline = Instant::now() + BARRIER_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let mut received = Vec::new();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -229,7 +235,7 @@ impl PowaWeb {
                 .unwrap_or_else(|error| panic!("wait for notifications: {error}"));
             let Some(notification) = next else {
                 panic!(
-                    "the barrier got no answer within {BARRIER_TIMEOUT:?}; received before: \
+                    "the barrier got no answer within {timeout:?}; received before: \
                      {received:?}"
                 );
             };

@@ -11,7 +11,7 @@ use crate::fleet::{
     host, postpone_snapshots, register_at, remote_on_addresses, slow_down_bgwriter_source,
     worker_pids,
 };
-use crate::harness::{Cluster, Collector, RemoteOptions, snapshot_meta, wait_for};
+use crate::harness::{Cluster, Collector, RemoteOptions, free_port, snapshot_meta, wait_for};
 use crate::powa_web::{
     ANSWER_TIMEOUT, PowaWeb, all_running, expected_status_json, start_collector_with_web,
 };
@@ -728,4 +728,59 @@ fn answers_stay_prompt_while_snapshots_run() {
         median(&during)
     );
     assert!(*during.last().expect("samples") < ANSWER_TIMEOUT);
+}
+
+#[test]
+fn the_forced_snapshot_guard_holds_for_an_unreachable_server() {
+    let repository = Cluster::repository();
+    let mut admin = repository.connect_powa();
+    // Nothing listens there: every connection is refused at once.
+    let port = i32::from(free_port());
+    admin
+        .execute(
+            "SELECT powa_register_server(hostname => '127.0.0.1', port => $1, \
+             username => 'postgres', dbname => 'powa', frequency => $2)",
+            &[&port, &IDLE_FREQUENCY],
+        )
+        .expect("register an unreachable server");
+    let srvid: i32 = admin
+        .query_one("SELECT id FROM powa_servers WHERE port = $1", &[&port])
+        .expect("srvid")
+        .get(0);
+    let (_collector, mut web) =
+        start_collector_with_web_expecting(&repository, srvid, "no connection to remote server");
+    let id = srvid.to_string();
+    let first = web.ask("FORCE_SNAPSHOT", &[&id]);
+    assert!(is_forced_snapshot_ok(&first), "first request: {first}");
+    let second = web.ask("FORCE_SNAPSHOT", &[&id]);
+    assert!(
+        matches!(
+            second.as_str(),
+            "FORCE_SNAPSHOT ERROR A snapshot is already in progress"
+                | "FORCE_SNAPSHOT ERROR A forced snapshot is already scheduled"
+                | "FORCE_SNAPSHOT ERROR Last snapshot was less than 10s. ago"
+        ),
+        "second request right after: {second}"
+    );
+}
+
+/// Starts the collector and waits until WORKERS_STATUS shows `srvid` with
+/// `status`.
+fn start_collector_with_web_expecting(
+    repository: &Cluster,
+    srvid: i32,
+    status: &str,
+) -> (Collector, PowaWeb) {
+    let mut collector = Collector::start(repository);
+    let mut web = PowaWeb::connect(repository);
+    web.wait_until_answering(&mut collector, START_TIMEOUT);
+    wait_for(START_TIMEOUT, &format!("server {srvid} {status}"), || {
+        let statuses = web.workers_status(None);
+        if statuses.get(&srvid).map(String::as_str) == Some(status) {
+            Ok(())
+        } else {
+            Err(format!("{statuses:?}"))
+        }
+    });
+    (collector, web)
 }

@@ -57,6 +57,27 @@ fn insert(repo: &mut Client, row: &Row<'_>) -> i32 {
     srvid
 }
 
+/// Waits until `healthy` has a snapshot and each server of `bad` an error
+/// containing its text.
+fn wait_for_errors(
+    collector: &mut Collector,
+    repo: &mut Client,
+    healthy: i32,
+    bad: &[(i32, &str)],
+) {
+    collector.wait_for_first_snapshot(repo, healthy, TIMEOUT);
+    for &(srvid, expected) in bad {
+        collector.wait_for(TIMEOUT, &format!("the error of server {srvid}"), || {
+            let meta = snapshot_meta(repo, srvid);
+            if meta.has_error_containing(expected) {
+                Ok(())
+            } else {
+                Err(format!("{meta:?}"))
+            }
+        });
+    }
+}
+
 /// Starts the collector with a healthy remote and the bad `rows`; waits
 /// until the healthy one has a snapshot and each bad one an error
 /// containing its expected text.
@@ -69,17 +90,7 @@ fn bad_rows_are_reported(prepare: &str, rows: &[(Row<'_>, &str)]) {
         .map(|(row, expected)| (insert(&mut repo, row), *expected))
         .collect();
     let mut collector = Collector::start(&repository);
-    collector.wait_for_first_snapshot(&mut repo, healthy, TIMEOUT);
-    for (srvid, expected) in bad {
-        collector.wait_for(TIMEOUT, &format!("the error of server {srvid}"), || {
-            let meta = snapshot_meta(&mut repo, srvid);
-            if meta.has_error_containing(expected) {
-                Ok(())
-            } else {
-                Err(format!("{meta:?}"))
-            }
-        });
-    }
+    wait_for_errors(&mut collector, &mut repo, healthy, &bad);
     assert!(collector.exit_status().is_none(), "the collector exited");
     collector.stop().assert_exited_zero();
 }
@@ -194,17 +205,7 @@ fn values_are_never_read_as_connection_string_keys() {
         .map(|(row, expected)| (insert(&mut repo, row), *expected))
         .collect();
     let mut collector = Collector::start(&repository);
-    collector.wait_for_first_snapshot(&mut repo, healthy, TIMEOUT);
-    for (srvid, expected) in srvids {
-        collector.wait_for(TIMEOUT, &format!("the error of server {srvid}"), || {
-            let meta = snapshot_meta(&mut repo, srvid);
-            if meta.has_error_containing(expected) {
-                Ok(())
-            } else {
-                Err(format!("{meta:?}"))
-            }
-        });
-    }
+    wait_for_errors(&mut collector, &mut repo, healthy, &srvids);
     let template1: i64 = remote
         .connect("postgres")
         .query_one(

@@ -172,6 +172,15 @@ impl Fleet {
         }
     }
 
+    /// Starts the collector, waits for a first snapshot of each server, and
+    /// connects a powa-web client.
+    fn start_collector(&mut self) -> (Collector, PowaWeb) {
+        let mut collector = Collector::start_with_config(&config(&self.repository.dsn()));
+        self.wait_for_first_snapshots(&mut collector);
+        let web = PowaWeb::connect(&self.repository);
+        (collector, web)
+    }
+
     fn seq(&mut self, srvid: i32) -> i64 {
         snapshot_meta(&mut self.repo, srvid).coalesce_seq
     }
@@ -236,9 +245,7 @@ impl Fleet {
 #[test]
 fn a_stopped_remote_backend_is_dropped_at_the_deadline() {
     let mut fleet = Fleet::new(Cluster::port);
-    let mut collector = Collector::start_with_config(&config(&fleet.repository.dsn()));
-    fleet.wait_for_first_snapshots(&mut collector);
-    let mut web = PowaWeb::connect(&fleet.repository);
+    let (mut collector, mut web) = fleet.start_collector();
 
     let pid = wait_for_slow_copy(&fleet.faulty, &[]);
     let healthy_before = fleet.seq(fleet.healthy_srvid);
@@ -282,9 +289,7 @@ fn a_black_holed_remote_is_dropped_at_the_deadline() {
         port
     });
     let proxy = proxy.expect("the proxy");
-    let mut collector = Collector::start_with_config(&config(&fleet.repository.dsn()));
-    fleet.wait_for_first_snapshots(&mut collector);
-    let mut web = PowaWeb::connect(&fleet.repository);
+    let (mut collector, mut web) = fleet.start_collector();
 
     wait_for_slow_copy(&fleet.faulty, &[]);
     let healthy_before = fleet.seq(fleet.healthy_srvid);
@@ -376,9 +381,7 @@ fn a_black_holed_repository_leaves_no_transaction_behind() {
 #[test]
 fn a_killed_remote_is_reported_and_recovers() {
     let mut fleet = Fleet::new(Cluster::port);
-    let mut collector = Collector::start_with_config(&config(&fleet.repository.dsn()));
-    fleet.wait_for_first_snapshots(&mut collector);
-    let mut web = PowaWeb::connect(&fleet.repository);
+    let (mut collector, mut web) = fleet.start_collector();
 
     wait_for_slow_copy(&fleet.faulty, &[]);
     let healthy_before = fleet.seq(fleet.healthy_srvid);

@@ -27,6 +27,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::LevelFilter;
@@ -148,6 +149,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         watchdog: Watchdog::spawn()
             .map_err(|e| Error::Connect(format!("cannot start the watchdog thread: {e}")))?,
         outage: None,
+        reconnecting: None,
     };
     for server in servers {
         collector.start_worker(server);
@@ -300,6 +302,17 @@ struct Collector {
     watchdog: Watchdog,
     /// Set while the repository cannot be reached.
     outage: Option<Outage>,
+    /// An attempt to open the main connection, in flight.
+    reconnecting: Option<JoinHandle<Result<MainConnection, Error>>>,
+}
+
+/// Opens the main connection on a thread of its own, so that a repository
+/// that does not answer cannot hold the main loop for `connect_timeout`.
+/// The thread ends by itself within that bound; the main loop joins it
+/// once it has.
+fn spawn_reconnect(repository: &ConnInfo) -> JoinHandle<Result<MainConnection, Error>> {
+    let repository = repository.clone();
+    std::thread::spawn(move || MainConnection::open(&repository))
 }
 
 /// The repository cannot be reached: since when, and when to try again.
@@ -636,14 +649,26 @@ impl Collector {
             return;
         }
         let now = Instant::now();
-        if self
-            .outage
-            .as_ref()
-            .is_some_and(|outage| now < outage.retry_at)
-        {
+        let Some(attempt) = self.reconnecting.take() else {
+            if self
+                .outage
+                .as_ref()
+                .is_none_or(|outage| now >= outage.retry_at)
+            {
+                self.reconnecting = Some(spawn_reconnect(&self.repository));
+            }
+            return;
+        };
+        if !attempt.is_finished() {
+            self.reconnecting = Some(attempt);
             return;
         }
-        match MainConnection::open(&self.repository) {
+        let opened = attempt.join().unwrap_or_else(|_| {
+            Err(Error::Connect(
+                "the thread opening the repository connection panicked".into(),
+            ))
+        });
+        match opened {
             Ok(main) => {
                 match self.outage.take() {
                     Some(outage) => log::info!(
@@ -655,11 +680,12 @@ impl Collector {
                 }
                 self.connection = Some(main);
             }
-            Err(error) => self.record_outage(now, &error),
+            Err(error) => self.record_outage(&error),
         }
     }
 
-    fn record_outage(&mut self, now: Instant, error: &Error) {
+    fn record_outage(&mut self, error: &Error) {
+        let now = Instant::now();
         let first = self.outage.is_none();
         let outage = self.outage.get_or_insert_with(|| Outage {
             since: now,

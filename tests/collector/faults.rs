@@ -373,8 +373,24 @@ fn a_black_holed_repository_leaves_no_transaction_behind() {
         cleared.as_secs_f64(),
         recovered.as_secs_f64()
     );
+    // Black-holed again until the main thread finds its connection lost
+    // and tries to open another, which hangs: SIGTERM still exits at once.
     wait_for_slow_copy(&remote, &[]);
     proxy.set(Mode::Blackhole);
+    wait_for(
+        Duration::from_secs(15),
+        "the main thread to notice the lost repository",
+        || {
+            if collector
+                .log()
+                .contains("connection to the repository lost")
+            {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
     collector.stop().assert_clean_exit(EXIT_LIMIT);
 }
 

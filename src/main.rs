@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser};
 use log::LevelFilter;
 
-use powa_collector::{Control, collector, config};
+use powa_collector::{Control, collector, config, systemd};
 
 /// Collects PoWA snapshots of remote PostgreSQL servers into a PoWA repository.
 #[derive(Parser)]
@@ -65,21 +65,35 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr: time, level, thread (the worker's server name) and
-/// message. Only this crate logs below warning level.
+/// message. When stderr is the journal, each line starts with its syslog
+/// priority instead (`<3>` for errors...) and carries no time of its own,
+/// so that `journalctl -p err` works. Only this crate logs below warning
+/// level.
 fn init_logging(level: LevelFilter) {
+    let journal = systemd::stderr_is_journal();
     env_logger::Builder::new()
         .filter_level(LevelFilter::Warn)
         .filter_module("powa_collector", LevelFilter::Debug)
-        .format(|buf, record| {
+        .format(move |buf, record| {
             let thread = std::thread::current();
-            writeln!(
-                buf,
-                "{} {:<5} [{}] {}",
-                buf.timestamp_millis(),
-                record.level(),
-                thread.name().unwrap_or("main"),
-                record.args()
-            )
+            let name = thread.name().unwrap_or("main");
+            if journal {
+                writeln!(
+                    buf,
+                    "<{}>{:<5} [{name}] {}",
+                    systemd::syslog_priority(record.level()),
+                    record.level(),
+                    record.args()
+                )
+            } else {
+                writeln!(
+                    buf,
+                    "{} {:<5} [{name}] {}",
+                    buf.timestamp_millis(),
+                    record.level(),
+                    record.args()
+                )
+            }
         })
         .init();
     log::set_max_level(level);

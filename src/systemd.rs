@@ -1,5 +1,7 @@
-//! systemd service notifications (`Type=notify`): readiness, reloads,
-//! shutdown and the watchdog, sent as datagrams to `$NOTIFY_SOCKET`.
+//! Life under systemd: service notifications (`Type=notify`: readiness,
+//! reloads, shutdown and the watchdog, sent as datagrams to
+//! `$NOTIFY_SOCKET`), and whether stderr is the journal (for log lines with
+//! syslog priorities).
 //!
 //! Without `NOTIFY_SOCKET` nothing is sent. Used by the main thread only.
 
@@ -96,6 +98,41 @@ fn connect(path: &std::ffi::OsStr) -> io::Result<(UnixDatagram, SocketAddr)> {
         None => SocketAddr::from_pathname(path)?,
     };
     Ok((UnixDatagram::unbound()?, address))
+}
+
+/// Whether stderr is connected to the journal: systemd sets
+/// `JOURNAL_STREAM` to the `device:inode` of the stream it gives a service,
+/// and it is stderr's when they match (a service that redirects stderr
+/// elsewhere keeps the variable, so both are compared).
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = value.to_str().and_then(|text| text.split_once(':')) else {
+        return false;
+    };
+    let (Ok(device), Ok(inode)) = (device.parse::<u64>(), inode.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(stderr)
+        .metadata()
+        .is_ok_and(|meta| meta.dev() == device && meta.ino() == inode)
+}
+
+/// The syslog priority of a log level, for the journal's `<N>` prefix.
+pub fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
 }
 
 #[cfg(test)]

@@ -1007,21 +1007,50 @@ impl Collector {
         Collector::start_with_env(config, &[])
     }
 
+    /// Starts the collector with `config` as its config file and its
+    /// stderr, the log file, named in `JOURNAL_STREAM` (`device:inode`), as
+    /// systemd names the journal's stream.
+    pub fn start_as_journald_service(config: &str) -> Collector {
+        Collector::start_with_env_of(config, |log| {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(log).expect("the collector log's metadata");
+            vec![(
+                "JOURNAL_STREAM".to_string(),
+                format!("{}:{}", meta.dev(), meta.ino()),
+            )]
+        })
+    }
+
     /// Starts the collector with `config` as its config file and `env`
     /// added to its environment.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Collector {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Collector::start_with_env_of(config, |_| env)
+    }
+
+    /// Starts the collector with `config` as its config file and the
+    /// environment `env` makes from the path of its log file.
+    fn start_with_env_of(
+        config: &str,
+        env: impl FnOnce(&Path) -> Vec<(String, String)>,
+    ) -> Collector {
         let dir = tempfile::Builder::new()
             .prefix("powa-collector-daemon-")
             .tempdir()
             .expect("create a temporary directory");
         let config_path = dir.path().join("powa-collector.conf");
         fs::write(&config_path, config).expect("write the collector config");
-        let log = File::create(dir.path().join("collector.log")).expect("create the collector log");
+        let log_path = dir.path().join("collector.log");
+        let log = File::create(&log_path).expect("create the collector log");
+        let env = env(&log_path);
         let child = Command::new(collector_binary())
             .arg("-c")
             .arg(&config_path)
             .current_dir(dir.path())
-            .envs(env.iter().copied())
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log)

@@ -197,3 +197,52 @@ fn notify_socket_hears_ready_reloading_stopping_and_the_watchdog() {
         "nothing is sent after STOPPING=1: {messages:?}"
     );
 }
+
+#[test]
+fn log_lines_carry_syslog_priorities_when_stderr_is_the_journal() {
+    let repository = crate::harness::Cluster::repository();
+    // A server that cannot be reached: an error line.
+    repository
+        .connect_powa()
+        .execute(
+            "SELECT powa_register_server(hostname => '127.0.0.1', port => $1, \
+             username => 'postgres', dbname => 'powa', frequency => 5)",
+            &[&i32::from(crate::harness::free_port())],
+        )
+        .expect("register an unreachable server");
+    let mut collector =
+        Collector::start_as_journald_service(&Collector::config_for(&repository).to_string());
+    crate::harness::wait_for(Duration::from_secs(20), "an error line", || {
+        let log = collector_log_lines(&collector);
+        if log.iter().any(|line| line.starts_with("<3>ERROR")) {
+            Ok(())
+        } else {
+            Err(format!("{log:?}"))
+        }
+    });
+    let log = collector_log_lines(&collector);
+    for line in &log {
+        // `<N>LEVEL`: the priority, then the level, and no time of its own.
+        let (priority, rest) = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .unwrap_or_else(|| panic!("a line without a syslog priority: {line:?}"));
+        let expected = match rest.split(' ').next() {
+            Some("ERROR") => "3",
+            Some("WARN") => "4",
+            Some("INFO") => "6",
+            Some("DEBUG" | "TRACE") => "7",
+            _ => panic!("a line that does not start with its level: {line:?}"),
+        };
+        assert_eq!(priority, expected, "{line:?}");
+    }
+    assert!(
+        log.iter().any(|line| line.starts_with("<6>INFO  [main] ")),
+        "no info line of the main thread: {log:?}"
+    );
+    collector.stop().assert_exited_zero();
+}
+
+fn collector_log_lines(collector: &Collector) -> Vec<String> {
+    collector.log().lines().map(str::to_string).collect()
+}

@@ -9,6 +9,7 @@
 //! Modules, from the outside in:
 //! - [`config`]: the JSON configuration file;
 //! - [`collector`]: the main thread ([`run`]) and its [`Control`];
+//! - [`control`]: `status` and `reload` from the command line;
 //! - [`worker`]: one thread per remote server;
 //! - [`watchdog`]: snapshot deadlines and stop requests' cancels;
 //! - [`snapshot`]: one snapshot, remote COPY into the repository;
@@ -22,6 +23,7 @@
 pub mod collector;
 pub mod config;
 pub mod conninfo;
+pub mod control;
 pub mod error;
 pub mod powa;
 pub mod protocol;

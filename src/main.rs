@@ -3,20 +3,26 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, Subcommand};
 use log::LevelFilter;
 
-use powa_collector::{Control, collector, config, systemd};
+use powa_collector::{Control, collector, config, control, systemd};
 
 /// Collects PoWA snapshots of remote PostgreSQL servers into a PoWA repository.
+///
+/// Without a command, runs the collector daemon.
 #[derive(Parser)]
 #[command(name = "powa-collector", version, disable_help_flag = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Configuration file [default: the first of /etc/powa-collector.conf,
     /// ~/.config/powa-collector.conf, ~/.powa-collector.conf,
     /// ./powa-collector.conf]
-    #[arg(short, long, value_name = "PATH")]
+    #[arg(short, long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
 
     /// Log at debug level, whatever the configuration file says
@@ -24,8 +30,29 @@ struct Cli {
     debug: bool,
 
     /// Print help (also -?)
-    #[arg(short = 'h', long = "help", short_alias = '?', action = ArgAction::Help)]
+    #[arg(short = 'h', long = "help", short_alias = '?', action = ArgAction::Help, global = true)]
     help: Option<bool>,
+}
+
+/// Commands that talk to a running collector through the repository, as
+/// powa-web does; they exit 0 when it answered in time, 1 otherwise.
+#[derive(Subcommand)]
+enum Command {
+    /// Show the servers, what the running collector says of their workers,
+    /// their last snapshot and their errors
+    Status {
+        /// Only this server
+        srvid: Option<i32>,
+        /// Seconds to wait for the collector's answer
+        #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+        timeout: f64,
+    },
+    /// Ask the running collector to reload its configuration and server list
+    Reload {
+        /// Seconds to wait for the collector's answer
+        #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+        timeout: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,7 +64,37 @@ fn main() -> ExitCode {
             return ExitCode::from(error.exit_code());
         }
     };
-    init_logging(collector::log_level(cli.debug || config.debug));
+    match cli.command {
+        None => run_daemon(config, cli.debug),
+        Some(Command::Status { srvid, timeout }) => {
+            run_command(|| control::status(&config, srvid, seconds(timeout)))
+        }
+        Some(Command::Reload { timeout }) => {
+            run_command(|| control::reload(&config, seconds(timeout)))
+        }
+    }
+}
+
+/// A `--timeout` value; a negative or odd one is taken as 0.
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or(Duration::ZERO)
+}
+
+/// Runs a command: exit 0 when the collector answered, 1 when not or on
+/// an error (said on stderr).
+fn run_command(command: impl FnOnce() -> Result<bool, powa_collector::Error>) -> ExitCode {
+    match command() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("powa-collector: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn run_daemon(config: config::Config, force_debug: bool) -> ExitCode {
+    init_logging(collector::log_level(force_debug || config.debug));
     for key in &config.unknown_keys {
         log::warn!("{}: unknown key {key} ignored", config.path.display());
     }
@@ -52,7 +109,7 @@ fn main() -> ExitCode {
         eprintln!("powa-collector: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match powa_collector::run(config, cli.debug, &control) {
+    match powa_collector::run(config, force_debug, &control) {
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS

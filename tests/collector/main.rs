@@ -16,6 +16,7 @@
 //! - `fuzz`: 10,000 hostile payloads on the command protocol
 //! - `proxy`: a TCP proxy with pass, blackhole and reset modes
 //! - `memory`: peak memory does not grow with the size of a datasource
+//! - `control`: `status` and `reload` from the command line
 //! - `config_errors`: command line and configuration file errors
 //! - `signals`: SIGTERM stops the daemon promptly and cleanly
 //! - `powa5`: PoWA 5 snapshots, per-database data, catalogs, roles, schemas, versions
@@ -29,6 +30,7 @@
 mod auth;
 mod bad_rows;
 mod config_errors;
+mod control;
 mod failures;
 mod faults;
 mod fleet;

@@ -275,6 +275,8 @@ impl Worker {
             {
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
                 Ok(Message::RefreshCatalogs(dbnames)) => self.catalogs_to_refresh.add(dbnames),
+                // Refused, in effect: the next one may be asked for again.
+                Ok(Message::ForceSnapshot) => self.shared.lock().forced_pending = false,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => return false,
             }

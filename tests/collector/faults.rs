@@ -45,24 +45,9 @@ fn config(dsn: &str) -> String {
     .to_string()
 }
 
-/// Registers `remote` as reached on 127.0.0.1:`port` (a proxy's, or its own).
+/// Registers the remote reached on 127.0.0.1:`port` (a proxy's, or its own).
 fn register(repository: &Cluster, port: u16) -> i32 {
-    let mut client = repository.connect_powa();
-    client
-        .execute(
-            "SELECT powa_register_server(hostname => '127.0.0.1', port => $1, \
-             username => 'postgres', dbname => 'powa', frequency => $2, \
-             extensions => '{pg_stat_kcache,pg_qualstats,pg_wait_sampling}')",
-            &[&i32::from(port), &FREQUENCY],
-        )
-        .expect("register a remote");
-    client
-        .query_one(
-            "SELECT id FROM powa_servers WHERE port = $1",
-            &[&i32::from(port)],
-        )
-        .expect("srvid")
-        .get(0)
+    repository.register_address("127.0.0.1", port, FREQUENCY)
 }
 
 /// The pid of the worker's session on `remote` while it copies

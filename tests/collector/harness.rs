@@ -371,6 +371,24 @@ fn tail(text: &str, lines: usize) -> String {
     out
 }
 
+/// `pg_ctl start` of the cluster in `dir` (a host path), on `port`, logging
+/// to its `server.log`.
+fn pg_ctl_start(install: &Install, dir: &Path, port: u16) -> Output {
+    let inside = install.inside_path(dir);
+    run(
+        install
+            .pg_command("pg_ctl", dir)
+            .arg("-D")
+            .arg(inside.join("data"))
+            .arg("-l")
+            .arg(inside.join("server.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!("-p {port}"))
+            .arg("start"),
+        "pg_ctl start",
+    )
+}
+
 /// Libraries a remote preloads.
 const REMOTE_PRELOAD: &str = "pg_stat_statements,pg_qualstats,pg_stat_kcache,pg_wait_sampling";
 
@@ -604,18 +622,7 @@ impl Cluster {
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
             let log_len_before = fs::metadata(&log).map(|meta| meta.len()).unwrap_or(0);
-            let output = run(
-                install
-                    .pg_command("pg_ctl", dir.path())
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(inside.join("server.log"))
-                    .args(["-w", "-t", "60", "-o"])
-                    .arg(format!("-p {port}"))
-                    .arg("start"),
-                "pg_ctl start",
-            );
+            let output = pg_ctl_start(&install, dir.path(), port);
             if output.status.success() {
                 return Cluster {
                     name: format!("{name} (port {port})"),
@@ -758,7 +765,13 @@ impl Cluster {
     /// since `powa_servers` is unique on hostname and port) and returns its
     /// srvid. The alias is left unset.
     pub fn register_remote_at(&self, remote: &Cluster, hostname: &str, frequency: i32) -> i32 {
-        let port = i32::from(remote.port());
+        self.register_address(hostname, remote.port(), frequency)
+    }
+
+    /// Registers the server reached at `hostname`:`port` (a remote's, or a
+    /// proxy's in front of it), without alias; returns its srvid.
+    pub fn register_address(&self, hostname: &str, port: u16, frequency: i32) -> i32 {
+        let port = i32::from(port);
         let mut client = self.connect_powa();
         client
             .execute(
@@ -805,19 +818,7 @@ impl Cluster {
 
     /// Starts the server again after [`Cluster::stop_now`].
     pub fn start_again(&self) {
-        let inside = self.install.inside_path(self.dir.path());
-        let output = run(
-            self.install
-                .pg_command("pg_ctl", self.dir.path())
-                .arg("-D")
-                .arg(inside.join("data"))
-                .arg("-l")
-                .arg(inside.join("server.log"))
-                .args(["-w", "-t", "60", "-o"])
-                .arg(format!("-p {}", self.port))
-                .arg("start"),
-            "pg_ctl start",
-        );
+        let output = pg_ctl_start(&self.install, self.dir.path(), self.port);
         assert!(
             output.status.success(),
             "{}: pg_ctl start again failed: {}",

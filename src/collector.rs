@@ -35,7 +35,7 @@ use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
 use crate::config::{self, Config};
-use crate::conninfo::ConnInfo;
+use crate::conninfo::{ConnInfo, Tripwire};
 use crate::error::{Error, describe_postgres_error};
 use crate::powa::{self, Powa};
 use crate::protocol::{self, Answer, Command, Request};
@@ -182,16 +182,27 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
 /// The main thread's repository connection.
 struct MainConnection {
     client: Client,
+    tripwire: Tripwire,
     powa: Powa,
     server_version_num: i32,
+}
+
+impl Drop for MainConnection {
+    /// The driver's close waits for the server to end the session: over a
+    /// network that no longer carries packets it would wait for the TCP
+    /// timeouts. The connection is tripped first, so that dropping it (lost,
+    /// moved, at shutdown) never blocks the main thread.
+    fn drop(&mut self) {
+        self.tripwire.trip();
+    }
 }
 
 impl MainConnection {
     /// Connects, checks PoWA and listens.
     fn open(repository: &ConnInfo) -> Result<MainConnection, Error> {
         log::debug!("connecting to the repository ({repository})");
-        let mut client = repository
-            .connect(&format!(
+        let (mut client, tripwire) = repository
+            .connect_with_tripwire(&format!(
                 "PoWA collector - main thread ({})",
                 crate::VERSION
             ))
@@ -218,6 +229,7 @@ impl MainConnection {
         log::debug!("connected to the repository, PoWA {}", powa.version.text);
         Ok(MainConnection {
             client,
+            tripwire,
             powa,
             server_version_num,
         })

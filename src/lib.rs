@@ -7,6 +7,7 @@
 //! the repository and calls `powa_take_snapshot()` there.
 //!
 //! Modules, from the outside in:
+//! - [`cli`]: the command line;
 //! - [`config`]: the JSON configuration file;
 //! - [`collector`]: the main thread ([`run`]) and its [`Control`];
 //! - [`control`]: `status` and `reload` from the command line;
@@ -20,6 +21,7 @@
 //! - [`conninfo`]: connection strings and connection set-up;
 //! - [`error`]: the error type.
 
+pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod conninfo;

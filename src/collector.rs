@@ -37,6 +37,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::config::{self, Config};
 use crate::conninfo::{ConnInfo, Tripwire};
 use crate::error::{Error, describe_postgres_error};
+use crate::pool::Pool;
 use crate::powa::{self, Powa};
 use crate::protocol::{self, Answer, Command, Request};
 use crate::repository;
@@ -136,6 +137,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
     let repository = config.repository()?;
     let mut main = MainConnection::open(&repository)?;
     let servers = read_servers(&mut main)?;
+    let pool = Pool::new(repository.clone(), config.pool_size)
+        .map_err(|e| Error::Connect(format!("cannot start the pool's thread: {e}")))?;
 
     let mut collector = Collector {
         config,
@@ -148,6 +151,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         notifier: Notifier::from_env(),
         watchdog: Watchdog::spawn()
             .map_err(|e| Error::Connect(format!("cannot start the watchdog thread: {e}")))?,
+        pool,
         outage: None,
         reconnecting: None,
     };
@@ -312,6 +316,8 @@ struct Collector {
     retiring: Vec<WorkerHandle>,
     notifier: Notifier,
     watchdog: Watchdog,
+    /// The workers' repository connections.
+    pool: Pool,
     /// Set while the repository cannot be reached.
     outage: Option<Outage>,
     /// An attempt to open the main connection, in flight.
@@ -342,8 +348,9 @@ impl Collector {
             use_server_alias: self.config.use_server_alias,
             snapshot_timeout: self.config.snapshot_timeout,
             watchdog: self.watchdog.handle(),
+            pool: self.pool.handle(),
         };
-        match WorkerHandle::spawn(server, self.repository.clone(), &options) {
+        match WorkerHandle::spawn(server, &options) {
             Ok(worker) => {
                 self.workers.insert(key, worker);
             }
@@ -581,6 +588,7 @@ impl Collector {
             self.connection = Some(main);
             self.last_check = Instant::now();
         }
+        self.pool.reconfigure(repository.clone(), config.pool_size);
         self.repository = repository;
         log::set_max_level(log_level(config.debug || self.force_debug));
 
@@ -621,14 +629,14 @@ impl Collector {
                 }
                 Change::Update(server) | Change::Reconnect(server) => {
                     if let Some(worker) = self.workers.get_mut(&server.key()) {
-                        worker.reload(server, self.repository.clone(), snapshot_timeout);
+                        worker.reload(server, snapshot_timeout);
                     }
                 }
                 Change::Refresh(key) => {
                     if let Some(worker) = self.workers.get_mut(&key) {
                         if dsn_changed || timeout_changed {
                             let server = worker.server().clone();
-                            worker.reload(server, self.repository.clone(), snapshot_timeout);
+                            worker.reload(server, snapshot_timeout);
                         } else {
                             worker.refresh_versions();
                         }

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::conninfo::ConnInfo;
 use crate::error::Error;
+use crate::pool;
 
 /// The places searched, in order, when no path is given on the command line.
 pub fn default_locations() -> Vec<PathBuf> {
@@ -57,6 +58,9 @@ pub struct Config {
     /// Deadline of a snapshot (`snapshot_timeout`, in seconds); `None`
     /// derives it from each server's frequency.
     pub snapshot_timeout: Option<Duration>,
+    /// How many repository connections the workers share
+    /// (`repository.pool_size`).
+    pub pool_size: usize,
     /// Keys the file has that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -69,6 +73,7 @@ impl fmt::Debug for Config {
             .field("debug", &self.debug)
             .field("use_server_alias", &self.use_server_alias)
             .field("snapshot_timeout", &self.snapshot_timeout)
+            .field("pool_size", &self.pool_size)
             .field("unknown_keys", &self.unknown_keys)
             .finish()
     }
@@ -166,7 +171,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         Some(other) => return Err(wrong_type(path, "repository", "an object", other)),
     };
     for key in repository.keys() {
-        if key != "dsn" {
+        if !matches!(key.as_str(), "dsn" | "pool_size") {
             unknown_keys.push(format!("repository.{key}"));
         }
     }
@@ -182,6 +187,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         debug: optional_bool(path, &root, "debug")?,
         use_server_alias: optional_bool(path, &root, "use_server_alias")?,
         snapshot_timeout: optional_seconds(path, &root, "snapshot_timeout")?,
+        pool_size: pool_size(path, repository)?,
         unknown_keys,
     };
     config.repository()?;
@@ -218,6 +224,28 @@ fn optional_seconds(
         Some(other) => Err(wrong_type(path, key, "a number of seconds", other)),
     }
 }
+
+/// `repository.pool_size`: a whole number from 1 to [`MAX_POOL_SIZE`].
+fn pool_size(path: &Path, repository: &Map<String, Value>) -> Result<usize, Error> {
+    const KEY: &str = "repository.pool_size";
+    match repository.get("pool_size") {
+        None | Some(Value::Null) => Ok(pool::DEFAULT_SIZE),
+        Some(Value::Number(number)) => number
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=MAX_POOL_SIZE).contains(n))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: key {KEY}: expected a whole number from 1 to {MAX_POOL_SIZE}, found {number}",
+                    path.display()
+                ))
+            }),
+        Some(other) => Err(wrong_type(path, KEY, "a whole number", other)),
+    }
+}
+
+/// The largest `repository.pool_size`.
+pub const MAX_POOL_SIZE: usize = 100;
 
 fn wrong_type(path: &Path, key: &str, expected: &str, found: &Value) -> Error {
     Error::Config(format!(
@@ -261,6 +289,7 @@ mod tests {
         assert!(!config.debug);
         assert!(!config.use_server_alias);
         assert_eq!(config.snapshot_timeout, None);
+        assert_eq!(config.pool_size, pool::DEFAULT_SIZE);
         assert!(config.unknown_keys.is_empty());
     }
 
@@ -285,6 +314,23 @@ mod tests {
         }
         let error = with("\"60\"").unwrap_err();
         assert!(error.contains("expected a number of seconds"), "{error}");
+    }
+
+    #[test]
+    fn pool_size_is_a_small_whole_number() {
+        let with = |value: &str| {
+            parse_text(&format!(
+                r#"{{"repository": {{"dsn": "postgresql:///powa", "pool_size": {value}}}}}"#
+            ))
+        };
+        assert_eq!(with("2").unwrap().pool_size, 2);
+        assert!(with("2").unwrap().unknown_keys.is_empty());
+        for bad in ["0", "-1", "2.5", "101"] {
+            let error = with(bad).unwrap_err();
+            assert!(error.contains("key repository.pool_size"), "{bad}: {error}");
+        }
+        let error = with("\"4\"").unwrap_err();
+        assert!(error.contains("expected a whole number"), "{error}");
     }
 
     #[test]

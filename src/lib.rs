@@ -13,6 +13,7 @@
 //! - [`control`]: `status` and `reload` from the command line;
 //! - [`worker`]: one thread per remote server;
 //! - [`watchdog`]: snapshot deadlines and stop requests' cancels;
+//! - [`pool`]: the workers' shared repository connections;
 //! - [`snapshot`]: one snapshot, remote COPY into the repository;
 //! - [`powa`]: PoWA on a connection, and what differs between PoWA 4 and 5;
 //! - [`repository`]: what the collector reads and writes in the repository;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod conninfo;
 pub mod control;
 pub mod error;
+pub mod pool;
 pub mod powa;
 pub mod protocol;
 pub mod remote;

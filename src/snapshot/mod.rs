@@ -57,6 +57,8 @@ pub struct Job<'a> {
     pub application_name: &'a str,
     /// Catalog refreshes to do beyond the yearly ones.
     pub refresh: &'a CatalogRefresh,
+    /// Why the snapshot started late, for the UI, if it did.
+    pub late: Option<&'a str>,
 }
 
 /// What a snapshot did.
@@ -108,6 +110,9 @@ pub fn take(
     context: &dyn Context,
 ) -> Result<SnapshotReport, Error> {
     let mut report = SnapshotReport::default();
+    if let Some(late) = job.late {
+        report.errors.push(late.to_string());
+    }
     if let Some(mismatch) = version_mismatch(job) {
         metas::report_errors(
             repo,

@@ -30,7 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::conninfo::ConnInfo;
+use crate::pool::PoolHandle;
 use crate::servers::ServerSettings;
 use crate::watchdog::{InFlight, WatchdogHandle, Watched};
 use thread::Worker;
@@ -80,7 +80,6 @@ enum Message {
     /// New settings (or the same, to reconnect): reconnect with them.
     Reload {
         server: ServerSettings,
-        repository: Box<ConnInfo>,
         snapshot_timeout: Option<Duration>,
     },
     /// Save the remote's versions in the repository again.
@@ -138,6 +137,7 @@ pub struct WorkerHandle {
     sender: Sender<Message>,
     shared: Arc<SharedState>,
     watchdog: WatchdogHandle,
+    pool: PoolHandle,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -148,18 +148,16 @@ pub struct WorkerOptions {
     /// `snapshot_timeout` from the configuration file, if set.
     pub snapshot_timeout: Option<Duration>,
     pub watchdog: WatchdogHandle,
+    /// The repository connections the workers share.
+    pub pool: PoolHandle,
 }
 
 /// Where worker ids come from.
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl WorkerHandle {
-    /// Starts the worker of `server`, whose snapshots go to `repository`.
-    pub fn spawn(
-        server: ServerSettings,
-        repository: ConnInfo,
-        options: &WorkerOptions,
-    ) -> std::io::Result<WorkerHandle> {
+    /// Starts the worker of `server`.
+    pub fn spawn(server: ServerSettings, options: &WorkerOptions) -> std::io::Result<WorkerHandle> {
         let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
         let name = server.display_name(options.use_server_alias);
         let (sender, inbox) = mpsc::channel();
@@ -168,7 +166,6 @@ impl WorkerHandle {
             id,
             server.clone(),
             name.clone(),
-            repository,
             options,
             Arc::clone(&shared),
             inbox,
@@ -183,6 +180,7 @@ impl WorkerHandle {
             sender,
             shared,
             watchdog: options.watchdog.clone(),
+            pool: options.pool.clone(),
             thread: Some(thread),
         })
     }
@@ -215,26 +213,22 @@ impl WorkerHandle {
     }
 
     /// Asks the worker to stop; the watchdog cancels the query its snapshot
-    /// runs, if any, and drops its connections if that is not enough.
-    /// Returns at once, without I/O; [`WorkerHandle::join`] waits.
+    /// runs, if any, and drops its connections if that is not enough; a
+    /// wait for a repository connection ends. Returns at once, without
+    /// I/O; [`WorkerHandle::join`] waits.
     pub fn request_stop(&self) {
         self.shared.lock().stopping = true;
+        self.pool.withdraw(self.id);
         let _ = self.sender.send(Message::Stop);
         self.watchdog
             .stop(self.id, Arc::clone(&self.shared) as Arc<dyn InFlight>);
     }
 
     /// Gives the worker new settings (or the same, to make it reconnect).
-    pub fn reload(
-        &mut self,
-        server: ServerSettings,
-        repository: ConnInfo,
-        snapshot_timeout: Option<Duration>,
-    ) {
+    pub fn reload(&mut self, server: ServerSettings, snapshot_timeout: Option<Duration>) {
         self.server = server.clone();
         let _ = self.sender.send(Message::Reload {
             server,
-            repository: Box::new(repository),
             snapshot_timeout,
         });
     }

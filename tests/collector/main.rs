@@ -22,6 +22,7 @@
 //! - `powa5`: PoWA 5 snapshots, per-database data, catalogs, roles, schemas, versions
 //! - `powa_web`: a client of the command protocol that behaves like powa-web
 //! - `fleet`: one remote cluster as many servers; the collector's sessions
+//! - `pool`: many servers share the pool's few repository connections
 //! - `protocol`: every command and malformed request gets the right answer
 //! - `reload`: SIGHUP and RELOAD make the workers follow the server list
 //! - `shutdown`: SIGTERM with many servers, with a snapshot in flight, twice
@@ -37,6 +38,7 @@ mod fleet;
 mod fuzz;
 mod harness;
 mod memory;
+mod pool;
 mod powa5;
 mod powa_web;
 mod protocol;

@@ -13,7 +13,10 @@
 //! on within 250 ms, and an idle collector wakes four times a second, which
 //! costs nothing measurable. At least every [`CHECK_INTERVAL`] the
 //! repository connection is checked and, if it dropped, re-opened (and
-//! `LISTEN` issued again) while the workers go on.
+//! `LISTEN` issued again) while the workers go on. Every
+//! [`REBALANCE_INTERVAL`] the loop takes this collector's share of the
+//! servers when others share the repository ([`sharing`]), and makes the
+//! workers follow.
 //!
 //! Shutdown tells every worker to stop at once (the watchdog cancels the
 //! query of a snapshot in flight, which is then rolled back, and drops the
@@ -24,7 +27,7 @@
 //! cancel request or waits on a worker's peer; its own queries are bounded
 //! by [`MAIN_STATEMENT_TIMEOUT`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -43,6 +46,7 @@ use crate::protocol::{self, Answer, Command, Request};
 use crate::repository;
 use crate::repository::metas::{self, ErrorReport};
 use crate::servers::{self, Change, RunningWorker, ServerSettings};
+use crate::sharing::{self, REBALANCE_INTERVAL, Share};
 use crate::systemd::Notifier;
 use crate::watchdog::Watchdog;
 use crate::worker::schedule::{Backoff, jitter};
@@ -146,6 +150,9 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         repository,
         connection: Some(main),
         last_check: Instant::now(),
+        listed: servers,
+        share: Share::default(),
+        last_rebalance: Instant::now(),
         workers: BTreeMap::new(),
         retiring: Vec::new(),
         notifier: Notifier::from_env(),
@@ -155,9 +162,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         outage: None,
         reconnecting: None,
     };
-    for server in servers {
-        collector.start_worker(server);
-    }
+    collector.rebalance();
+    collector.follow_ownership();
     collector.log_workers();
     collector.notifier.ready();
 
@@ -169,6 +175,10 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         collector.reap_retired();
         if collector.connection.is_none() || collector.last_check.elapsed() >= CHECK_INTERVAL {
             collector.check_connection();
+        }
+        if collector.last_rebalance.elapsed() >= REBALANCE_INTERVAL {
+            collector.rebalance();
+            collector.follow_ownership();
         }
         collector.notifier.keep_alive();
     }
@@ -230,6 +240,12 @@ impl MainConnection {
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .map_err(|e| Error::postgres("cannot LISTEN on the repository", e))?;
+        sharing::join(&mut client).map_err(|e| {
+            Error::postgres(
+                "cannot take the collector's advisory lock on the repository",
+                e,
+            )
+        })?;
         log::debug!("connected to the repository, PoWA {}", powa.version.text);
         Ok(MainConnection {
             client,
@@ -309,6 +325,11 @@ struct Collector {
     /// `None` while the repository is unreachable.
     connection: Option<MainConnection>,
     last_check: Instant,
+    /// Every server of the last server list read.
+    listed: Vec<ServerSettings>,
+    /// Which of them this collector snapshots (see [`sharing`]).
+    share: Share,
+    last_rebalance: Instant,
     /// By server key (`host:port`).
     workers: BTreeMap<String, WorkerHandle>,
     /// Workers told to stop by a reload, joined as they end so that the
@@ -437,8 +458,155 @@ impl Collector {
                 "connection to the repository lost: {}",
                 describe_postgres_error(&e)
             );
-            self.connection = None;
+            self.connection_lost();
         }
+    }
+
+    /// The main connection is gone, and with it the advisory locks that
+    /// said which servers this collector owns. Alone, it keeps its workers
+    /// (nobody else takes its servers); with others, it stops them, since
+    /// the others take its servers over, and takes its share again once
+    /// reconnected.
+    fn connection_lost(&mut self) {
+        self.connection = None;
+        self.share.owned.clear();
+        if self.share.members > 1 && !self.workers.is_empty() {
+            log::warn!(
+                "stopping the {} workers: the other collectors take their servers over \
+                 until the repository connection is back",
+                self.workers.len()
+            );
+            let workers = std::mem::take(&mut self.workers);
+            workers.into_values().for_each(|worker| self.retire(worker));
+        }
+    }
+
+    /// Takes this collector's fair share of the listed servers (see
+    /// [`sharing`]), giving back what it holds beyond it; the workers of
+    /// servers given back are told to stop first.
+    fn rebalance(&mut self) {
+        self.last_rebalance = Instant::now();
+        let Some(main) = self.connection.as_mut() else {
+            return;
+        };
+        match sharing::survey(&mut main.client) {
+            Ok((members, held)) => {
+                self.share.members = members;
+                self.share.held_by_others = held;
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot see which servers the other collectors own: {}",
+                    describe_postgres_error(&e)
+                );
+                return;
+            }
+        }
+        let listed: BTreeSet<i32> = self.listed.iter().map(|s| s.srvid).collect();
+        let plan = sharing::plan(
+            &listed,
+            &self.share.owned,
+            &self.share.held_by_others,
+            self.share.members,
+        );
+        self.give_back(&plan.release);
+        self.take(&plan.take);
+    }
+
+    /// Stops the workers of `srvids`, then releases their locks.
+    fn give_back(&mut self, srvids: &[i32]) {
+        if srvids.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| srvids.contains(&w.server().srvid))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            if let Some(worker) = self.workers.remove(&key) {
+                self.retire(worker);
+            }
+        }
+        let Some(main) = self.connection.as_mut() else {
+            return;
+        };
+        match sharing::release(&mut main.client, srvids) {
+            Ok(()) => {
+                srvids.iter().for_each(|id| {
+                    self.share.owned.remove(id);
+                });
+                if self.share.members > 1 {
+                    log::info!(
+                        "gave back servers {srvids:?} to the other collectors ({} in all)",
+                        self.share.members
+                    );
+                }
+            }
+            // Kept, then: the next rebalance tries again.
+            Err(e) => log::warn!(
+                "cannot give back servers {srvids:?}: {}",
+                describe_postgres_error(&e)
+            ),
+        }
+    }
+
+    /// Tries to take `srvids`.
+    fn take(&mut self, srvids: &[i32]) {
+        let Some(main) = self.connection.as_mut() else {
+            return;
+        };
+        match sharing::take(&mut main.client, srvids) {
+            Ok(taken) if taken.is_empty() => {}
+            Ok(taken) => {
+                self.share.owned.extend(&taken);
+                if self.share.members > 1 {
+                    log::info!(
+                        "took servers {taken:?}: {} of {} servers, shared by {} collectors",
+                        self.share.owned.len(),
+                        self.listed.len(),
+                        self.share.members
+                    );
+                }
+            }
+            Err(e) => log::warn!(
+                "cannot take servers {srvids:?}: {}",
+                describe_postgres_error(&e)
+            ),
+        }
+    }
+
+    /// Makes the workers match the servers owned: a worker for each, and
+    /// none for the others.
+    fn follow_ownership(&mut self) {
+        let unowned: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !self.share.owned.contains(&w.server().srvid))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in unowned {
+            if let Some(worker) = self.workers.remove(&key) {
+                log::info!("{key} is owned by another collector, stopping its worker");
+                self.retire(worker);
+            }
+        }
+        let missing: Vec<ServerSettings> = self
+            .listed
+            .iter()
+            .filter(|s| self.share.owned.contains(&s.srvid) && !self.workers.contains_key(&s.key()))
+            .cloned()
+            .collect();
+        for server in missing {
+            self.start_worker(server);
+        }
+    }
+
+    /// Whether another collector owns `srvid`: it answers requests about
+    /// that server, this one stays silent.
+    fn owned_elsewhere(&self, srvid: i32) -> bool {
+        self.worker_of(srvid).is_none() && self.share.held_by_others.contains(&srvid)
     }
 
     /// Serves one request from backend `pid`.
@@ -507,7 +675,15 @@ impl Collector {
             Command::WorkersStatus { srvid } => {
                 // Nobody to tell: nothing to do.
                 request.channel.as_ref()?;
+                if srvid.is_some_and(|id| self.owned_elsewhere(id)) {
+                    return None;
+                }
                 Answer::ok(self.workers_status(*srvid))
+            }
+            Command::ForceSnapshot { srvid } | Command::RefreshDbCat { srvid, .. }
+                if self.owned_elsewhere(*srvid) =>
+            {
+                return None;
             }
             Command::ForceSnapshot { srvid } => match self.worker_of(*srvid) {
                 None => Answer::error(format!("Server id {srvid} not found")),
@@ -587,7 +763,15 @@ impl Collector {
             }
             self.connection = Some(main);
             self.last_check = Instant::now();
+            // A new session holds none of the old one's locks.
+            self.share.owned.clear();
         }
+        self.listed = servers.clone();
+        self.rebalance();
+        let servers: Vec<ServerSettings> = servers
+            .into_iter()
+            .filter(|s| self.share.owned.contains(&s.srvid))
+            .collect();
         self.pool.reconfigure(repository.clone(), config.pool_size);
         self.repository = repository;
         log::set_max_level(log_level(config.debug || self.force_debug));
@@ -663,7 +847,7 @@ impl Collector {
                 "connection to the repository lost: {}",
                 describe_postgres_error(&e)
             );
-            self.connection = None;
+            self.connection_lost();
         }
         if self.connection.is_some() {
             return;
@@ -699,6 +883,8 @@ impl Collector {
                     None => log::info!("reconnected to the repository"),
                 }
                 self.connection = Some(main);
+                self.rebalance();
+                self.follow_ownership();
             }
             Err(error) => self.record_outage(&error),
         }

@@ -19,6 +19,7 @@
 //! - [`repository`]: what the collector reads and writes in the repository;
 //! - [`remote`]: what the collector asks a remote about itself;
 //! - [`servers`]: remote server settings from `powa_servers`;
+//! - [`sharing`]: which servers this collector owns, among several;
 //! - [`conninfo`]: connection strings and connection set-up;
 //! - [`error`]: the error type.
 
@@ -34,6 +35,7 @@ pub mod protocol;
 pub mod remote;
 pub mod repository;
 pub mod servers;
+pub mod sharing;
 pub mod snapshot;
 pub mod systemd;
 pub mod watchdog;

@@ -25,6 +25,7 @@
 //! - `pool`: many servers share the pool's few repository connections
 //! - `protocol`: every command and malformed request gets the right answer
 //! - `reload`: SIGHUP and RELOAD make the workers follow the server list
+//! - `sharing`: two collectors share one repository's servers
 //! - `shutdown`: SIGTERM with many servers, with a snapshot in flight, twice
 //! - `systemd`: READY, RELOADING, STOPPING and WATCHDOG on `NOTIFY_SOCKET`
 
@@ -44,6 +45,7 @@ mod powa_web;
 mod protocol;
 mod proxy;
 mod reload;
+mod sharing;
 mod shutdown;
 mod signals;
 mod snapshots;

@@ -41,7 +41,7 @@ use crate::config::{self, Config};
 use crate::conninfo::{ConnInfo, Tripwire};
 use crate::error::{Error, describe_postgres_error};
 use crate::pool::Pool;
-use crate::powa::{self, Powa};
+use crate::powa::Powa;
 use crate::protocol::{self, Answer, Command, Request};
 use crate::repository;
 use crate::repository::metas::{self, ErrorReport};
@@ -215,15 +215,10 @@ impl MainConnection {
     /// Connects, checks PoWA and listens.
     fn open(repository: &ConnInfo) -> Result<MainConnection, Error> {
         log::debug!("connecting to the repository ({repository})");
-        let (mut client, tripwire) = repository
-            .connect_with_tripwire(&format!(
-                "PoWA collector - main thread ({})",
-                crate::VERSION
-            ))
-            .map_err(|e| {
-                e.into_error(format!("cannot connect to the repository ({repository})"))
-            })?;
-        let powa = powa::prepare(&mut client, "the repository")?;
+        let (mut client, tripwire, powa) = repository::connect(
+            repository,
+            &format!("PoWA collector - main thread ({})", crate::VERSION),
+        )?;
         client
             .batch_execute(&format!(
                 "SET statement_timeout = {}",

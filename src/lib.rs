@@ -11,6 +11,7 @@
 //! - [`config`]: the JSON configuration file;
 //! - [`collector`]: the main thread ([`run`]) and its [`Control`];
 //! - [`control`]: `status` and `reload` from the command line;
+//! - [`check`]: `check`, whether the collector can work, changing nothing;
 //! - [`worker`]: one thread per remote server;
 //! - [`watchdog`]: snapshot deadlines and stop requests' cancels;
 //! - [`pool`]: the workers' shared repository connections;
@@ -23,6 +24,7 @@
 //! - [`conninfo`]: connection strings and connection set-up;
 //! - [`error`]: the error type.
 
+pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod config;

@@ -29,7 +29,8 @@ use postgres::Client;
 
 use crate::conninfo::{ConnInfo, Tripwire};
 use crate::error::Error;
-use crate::powa::{self, Powa};
+use crate::powa::Powa;
+use crate::repository;
 
 /// The default number of pooled connections.
 pub const DEFAULT_SIZE: usize = 4;
@@ -342,20 +343,15 @@ impl PoolHandle {
             let state = self.0.lock();
             (state.conninfo.clone(), state.generation)
         };
-        let (mut client, tripwire) = conninfo
-            .connect_with_tripwire(application_name)
-            .map_err(|e| e.into_error(format!("cannot connect to the repository ({conninfo})")))?;
-        let prepared = powa::prepare(&mut client, "the repository").and_then(|powa| {
-            client
-                .batch_execute(&format!(
-                    "SET statement_timeout = {}",
-                    STATEMENT_TIMEOUT.as_millis()
-                ))
-                .map_err(|e| Error::postgres("cannot set statement_timeout on the repository", e))
-                .map(|()| powa)
-        });
+        let (mut client, tripwire, powa) = repository::connect(&conninfo, application_name)?;
+        let prepared = client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                STATEMENT_TIMEOUT.as_millis()
+            ))
+            .map_err(|e| Error::postgres("cannot set statement_timeout on the repository", e));
         match prepared {
-            Ok(powa) => Ok(Connection {
+            Ok(()) => Ok(Connection {
                 client,
                 tripwire,
                 powa,

@@ -200,7 +200,13 @@ pub fn server_timeout(job: &Job<'_>) -> String {
 /// The error reported when the repository and the remote run different
 /// PoWA major.minor versions.
 fn version_mismatch(job: &Job<'_>) -> Option<String> {
-    let (repo, remote) = (&job.repo_powa.version, &job.remote_powa.version);
+    incompatible_versions(job.repo_powa, job.remote_powa)
+}
+
+/// Why snapshots of a remote running `remote` cannot go into a repository
+/// running `repo`, if they cannot: their PoWA major.minor differ.
+pub fn incompatible_versions(repo: &Powa, remote: &Powa) -> Option<String> {
+    let (repo, remote) = (&repo.version, &remote.version);
     (!repo.compatible_with(remote)).then(|| {
         format!(
             "Incompatible PoWA version between the repository server ({repo}) \

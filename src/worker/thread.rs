@@ -24,7 +24,7 @@ use super::{Message, SharedState, WorkerOptions, WorkerStatus};
 use crate::conninfo::Tripwire;
 use crate::error::{Error, describe_postgres_error};
 use crate::pool::{Lease, PoolHandle};
-use crate::powa::{self, Powa};
+use crate::powa::Powa;
 use crate::remote;
 use crate::repository::metas::{self, ErrorReport, LastSnapshot};
 use crate::repository::versions;
@@ -440,25 +440,8 @@ impl Worker {
 
     /// Opens the remote connection and checks PoWA there.
     fn open_remote(&self) -> Result<Remote, Error> {
-        let conninfo = self.server.conninfo();
-        let (mut client, tripwire) = conninfo
-            .connect_with_tripwire(&self.remote_application_name())
-            .map_err(|e| {
-                e.into_error(format!(
-                    "cannot connect to remote server {} ({conninfo})",
-                    self.name
-                ))
-            })?;
-        let place = format!("remote server {}", self.name);
-        let powa = powa::prepare(&mut client, &place)?;
-        if powa.needs_load() {
-            client.batch_execute("LOAD 'powa'").map_err(|e| {
-                Error::Powa(format!(
-                    "cannot load library powa on {place}: {}",
-                    describe_postgres_error(&e)
-                ))
-            })?;
-        }
+        let (client, tripwire, powa) =
+            remote::connect(&self.server, &self.name, &self.remote_application_name())?;
         log::debug!("connected to the remote server, PoWA {}", powa.version.text);
         Ok(Remote {
             client,
@@ -769,17 +752,8 @@ impl snapshot::Context for SnapshotContext<'_> {
     }
 
     fn connect_database(&self, dbname: &str) -> Result<Client, Error> {
-        let conninfo = self.server.conninfo_for_database(dbname);
-        let (mut client, tripwire) = conninfo
-            .connect_with_tripwire(&self.application_name)
-            .map_err(|e| {
-                e.into_error(format!(
-                    "Could not connect to remote database {dbname} ({conninfo})"
-                ))
-            })?;
-        powa::pin_search_path(&mut client).map_err(|e| {
-            Error::postgres(format!("cannot set search_path in database {dbname}"), e)
-        })?;
+        let (conninfo, client, tripwire) =
+            remote::connect_database(self.server, dbname, &self.application_name)?;
         self.shared.lock().in_flight.push(Watched {
             conninfo,
             cancel: client.cancel_token(),

@@ -17,6 +17,7 @@
 //! - `proxy`: a TCP proxy with pass, blackhole and reset modes
 //! - `memory`: peak memory does not grow with the size of a datasource
 //! - `control`: `status` and `reload` from the command line
+//! - `check`: `check` finds what fails, says what to grant, changes nothing
 //! - `config_errors`: command line and configuration file errors
 //! - `signals`: SIGTERM stops the daemon promptly and cleanly
 //! - `powa5`: PoWA 5 snapshots, per-database data, catalogs, roles, schemas, versions
@@ -31,6 +32,7 @@
 
 mod auth;
 mod bad_rows;
+mod check;
 mod config_errors;
 mod control;
 mod failures;

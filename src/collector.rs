@@ -37,6 +37,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::config::{self, Config};
 use crate::conninfo::{ConnInfo, Tripwire};
 use crate::error::{Error, describe_postgres_error};
+use crate::metrics::{Endpoint, Metrics};
 use crate::pool::Pool;
 use crate::powa::{self, Powa};
 use crate::protocol::{self, Answer, Command, Request};
@@ -135,6 +136,8 @@ pub fn log_level(debug: bool) -> LevelFilter {
 /// are logged and retried, never fatal.
 pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), Error> {
     let repository = config.repository()?;
+    let metrics = Metrics::new();
+    let endpoint = Endpoint::start_if(config.metrics_address, &metrics)?;
     let mut main = MainConnection::open(&repository)?;
     let servers = read_servers(&mut main)?;
     let pool = Pool::new(repository.clone(), config.pool_size)
@@ -154,6 +157,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         pool,
         outage: None,
         reconnecting: None,
+        metrics,
+        endpoint,
     };
     for server in servers {
         collector.start_worker(server);
@@ -171,6 +176,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
             collector.check_connection();
         }
         collector.notifier.keep_alive();
+        let (up, workers) = (collector.connection.is_some(), collector.workers.len());
+        collector.metrics.observe_collector(up, workers);
     }
     collector.notifier.stopping();
     let mut workers: Vec<WorkerHandle> = std::mem::take(&mut collector.workers)
@@ -180,6 +187,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
     workers.append(&mut collector.retiring);
     stop_and_join(workers);
     collector.watchdog.shutdown();
+    drop(collector.endpoint.take());
     Ok(())
 }
 
@@ -322,6 +330,9 @@ struct Collector {
     outage: Option<Outage>,
     /// An attempt to open the main connection, in flight.
     reconnecting: Option<JoinHandle<Result<MainConnection, Error>>>,
+    /// What the metrics endpoint shows, and the endpoint if enabled.
+    metrics: Arc<Metrics>,
+    endpoint: Option<Endpoint>,
 }
 
 /// Opens the main connection on a thread of its own, so that a repository
@@ -349,6 +360,7 @@ impl Collector {
             snapshot_timeout: self.config.snapshot_timeout,
             watchdog: self.watchdog.handle(),
             pool: self.pool.handle(),
+            metrics: Arc::clone(&self.metrics),
         };
         match WorkerHandle::spawn(server, &options) {
             Ok(worker) => {
@@ -589,6 +601,7 @@ impl Collector {
             self.last_check = Instant::now();
         }
         self.pool.reconfigure(repository.clone(), config.pool_size);
+        Endpoint::follow(&mut self.endpoint, config.metrics_address, &self.metrics);
         self.repository = repository;
         log::set_max_level(log_level(config.debug || self.force_debug));
 

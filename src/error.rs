@@ -29,6 +29,8 @@ pub enum Error {
     Powa(String),
     /// Work was abandoned because the collector is stopping.
     Interrupted,
+    /// The metrics endpoint cannot listen where it is told to.
+    Listen(String),
     /// A snapshot passed its deadline and was abandoned.
     DeadlineExceeded(std::time::Duration),
 }
@@ -50,6 +52,7 @@ impl Error {
             | Error::Connect(_)
             | Error::Powa(_)
             | Error::Interrupted
+            | Error::Listen(_)
             | Error::DeadlineExceeded(_) => EXIT_FAILURE,
         }
     }
@@ -58,9 +61,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(message) | Error::Connect(message) | Error::Powa(message) => {
-                f.write_str(message)
-            }
+            Error::Config(message)
+            | Error::Connect(message)
+            | Error::Powa(message)
+            | Error::Listen(message) => f.write_str(message),
             Error::Interrupted => f.write_str("interrupted: the worker is stopping"),
             Error::DeadlineExceeded(timeout) => write!(
                 f,

@@ -1,5 +1,6 @@
 //! The metrics endpoint (`metrics_address`): `/metrics` shows snapshots,
-//! rows and the repository connection, `/healthz` the latter; a port taken
+//! rows and the repository connection, `/healthz` the latter (503 once the
+//! repository is gone); a port taken
 //! at start is fatal, a bad address or a taken port at reload is logged and
 //! the endpoint stays where it was; a changed address moves it.
 
@@ -14,6 +15,9 @@ use crate::harness::{Collector, free_port, repository_with_remote, wait_for};
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one HTTP exchange, and on a reload's effect.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon the collector notices that the repository went away: it
+/// checks its connection at least every 10 s.
+const REPOSITORY_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An HTTP answer: status code and body.
 struct Answer {
@@ -190,6 +194,25 @@ fn metrics_show_snapshots_and_health_and_follow_reloads() {
             Ok(answer) => Err(format!("still answering {}", answer.code)),
         }
     });
+
+    // The repository goes away: /healthz says so, within a check interval.
+    drop(repo);
+    repository.stop_now();
+    collector.wait_for(
+        REPOSITORY_CHECK_TIMEOUT,
+        "/healthz to answer 503",
+        || match get(moved, "/healthz") {
+            Ok(answer) if answer.code == 503 => Ok(answer.body),
+            Ok(answer) => Err(format!("{} {}", answer.code, answer.body)),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    let text = get(moved, "/metrics").expect("GET /metrics").body;
+    assert_eq!(
+        value(&text, "powa_collector_repository_up", &[]),
+        Some(0.0),
+        "{text}"
+    );
     collector.stop().assert_exited_zero();
 }
 

@@ -167,6 +167,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
     collector.notifier.ready();
 
     while !control.stop_requested() {
+        let (up, workers) = (collector.connection.is_some(), collector.workers.len());
+        collector.metrics.observe_collector(up, workers);
         if control.take_reload() {
             let _ = collector.reload();
         }
@@ -176,8 +178,6 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
             collector.check_connection();
         }
         collector.notifier.keep_alive();
-        let (up, workers) = (collector.connection.is_some(), collector.workers.len());
-        collector.metrics.observe_collector(up, workers);
     }
     collector.notifier.stopping();
     let mut workers: Vec<WorkerHandle> = std::mem::take(&mut collector.workers)

@@ -40,6 +40,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::config::{self, Config};
 use crate::conninfo::{ConnInfo, Tripwire};
 use crate::error::{Error, describe_postgres_error};
+use crate::metrics::{Endpoint, Metrics};
 use crate::pool::Pool;
 use crate::powa::Powa;
 use crate::protocol::{self, Answer, Command, Request};
@@ -139,6 +140,8 @@ pub fn log_level(debug: bool) -> LevelFilter {
 /// are logged and retried, never fatal.
 pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), Error> {
     let repository = config.repository()?;
+    let metrics = Metrics::new();
+    let endpoint = Endpoint::start_if(config.metrics_address, &metrics)?;
     let mut main = MainConnection::open(&repository)?;
     let servers = read_servers(&mut main)?;
     let pool = Pool::new(repository.clone(), config.pool_size)
@@ -161,6 +164,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         pool,
         outage: None,
         reconnecting: None,
+        metrics,
+        endpoint,
     };
     collector.rebalance();
     collector.follow_ownership();
@@ -168,6 +173,8 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
     collector.notifier.ready();
 
     while !control.stop_requested() {
+        let (up, workers) = (collector.connection.is_some(), collector.workers.len());
+        collector.metrics.observe_collector(up, workers);
         if control.take_reload() {
             let _ = collector.reload();
         }
@@ -190,6 +197,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
     workers.append(&mut collector.retiring);
     stop_and_join(workers);
     collector.watchdog.shutdown();
+    drop(collector.endpoint.take());
     Ok(())
 }
 
@@ -338,6 +346,9 @@ struct Collector {
     outage: Option<Outage>,
     /// An attempt to open the main connection, in flight.
     reconnecting: Option<JoinHandle<Result<MainConnection, Error>>>,
+    /// What the metrics endpoint shows, and the endpoint if enabled.
+    metrics: Arc<Metrics>,
+    endpoint: Option<Endpoint>,
 }
 
 /// Opens the main connection on a thread of its own, so that a repository
@@ -365,6 +376,7 @@ impl Collector {
             snapshot_timeout: self.config.snapshot_timeout,
             watchdog: self.watchdog.handle(),
             pool: self.pool.handle(),
+            metrics: Arc::clone(&self.metrics),
         };
         match WorkerHandle::spawn(server, &options) {
             Ok(worker) => {
@@ -768,6 +780,7 @@ impl Collector {
             .filter(|s| self.share.owned.contains(&s.srvid))
             .collect();
         self.pool.reconfigure(repository.clone(), config.pool_size);
+        Endpoint::follow(&mut self.endpoint, config.metrics_address, &self.metrics);
         self.repository = repository;
         log::set_max_level(log_level(config.debug || self.force_debug));
 

@@ -14,6 +14,7 @@
 //! loads. Runs on the main thread (start-up and reload).
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub struct Config {
     /// How many repository connections the workers share
     /// (`repository.pool_size`).
     pub pool_size: usize,
+    /// Where the metrics endpoint listens (`metrics_address`); `None`: no
+    /// endpoint.
+    pub metrics_address: Option<SocketAddr>,
     /// Keys the file has that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -74,6 +78,7 @@ impl fmt::Debug for Config {
             .field("use_server_alias", &self.use_server_alias)
             .field("snapshot_timeout", &self.snapshot_timeout)
             .field("pool_size", &self.pool_size)
+            .field("metrics_address", &self.metrics_address)
             .field("unknown_keys", &self.unknown_keys)
             .finish()
     }
@@ -154,7 +159,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     for key in root.keys() {
         if !matches!(
             key.as_str(),
-            "repository" | "debug" | "use_server_alias" | "snapshot_timeout"
+            "repository" | "debug" | "use_server_alias" | "snapshot_timeout" | "metrics_address"
         ) {
             unknown_keys.push(key.clone());
         }
@@ -188,6 +193,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         use_server_alias: optional_bool(path, &root, "use_server_alias")?,
         snapshot_timeout: optional_seconds(path, &root, "snapshot_timeout")?,
         pool_size: pool_size(path, repository)?,
+        metrics_address: metrics_address(path, &root)?,
         unknown_keys,
     };
     config.repository()?;
@@ -244,6 +250,28 @@ fn pool_size(path: &Path, repository: &Map<String, Value>) -> Result<usize, Erro
     }
 }
 
+/// `metrics_address`: an IP address and a port, `127.0.0.1:9187` or
+/// `[::1]:9187`; absent or null, no metrics endpoint.
+fn metrics_address(path: &Path, root: &Map<String, Value>) -> Result<Option<SocketAddr>, Error> {
+    const KEY: &str = "metrics_address";
+    match root.get(KEY) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => text.parse().map(Some).map_err(|_| {
+            Error::Config(format!(
+                "{}: key {KEY}: expected an IP address and a port such as 127.0.0.1:9187 \
+                 or [::1]:9187, found {text:?}",
+                path.display()
+            ))
+        }),
+        Some(other) => Err(wrong_type(
+            path,
+            KEY,
+            "a string such as \"127.0.0.1:9187\"",
+            other,
+        )),
+    }
+}
+
 /// The largest `repository.pool_size`.
 pub const MAX_POOL_SIZE: usize = 100;
 
@@ -290,6 +318,7 @@ mod tests {
         assert!(!config.use_server_alias);
         assert_eq!(config.snapshot_timeout, None);
         assert_eq!(config.pool_size, pool::DEFAULT_SIZE);
+        assert_eq!(config.metrics_address, None);
         assert!(config.unknown_keys.is_empty());
     }
 
@@ -331,6 +360,40 @@ mod tests {
         }
         let error = with("\"4\"").unwrap_err();
         assert!(error.contains("expected a whole number"), "{error}");
+    }
+
+    #[test]
+    fn metrics_address_is_an_ip_and_a_port() {
+        let with = |value: &str| {
+            parse_text(&format!(
+                r#"{{"repository": {{"dsn": "postgresql:///powa"}}, "metrics_address": {value}}}"#
+            ))
+        };
+        assert_eq!(with("null").unwrap().metrics_address, None);
+        assert_eq!(
+            with(r#""127.0.0.1:9187""#).unwrap().metrics_address,
+            Some("127.0.0.1:9187".parse().unwrap())
+        );
+        assert_eq!(
+            with(r#""[::1]:9187""#).unwrap().metrics_address,
+            Some("[::1]:9187".parse().unwrap())
+        );
+        assert!(with(r#""0.0.0.0:9187""#).unwrap().unknown_keys.is_empty());
+        for bad in [
+            r#""localhost:9187""#,
+            r#""127.0.0.1""#,
+            r#""127.0.0.1:99999""#,
+            "\"\"",
+        ] {
+            let error = with(bad).unwrap_err();
+            assert!(error.contains("key metrics_address"), "{bad}: {error}");
+            assert!(error.contains("127.0.0.1:9187"), "{bad}: {error}");
+        }
+        let error = with("9187").unwrap_err();
+        assert!(
+            error.contains("key metrics_address: expected a string"),
+            "{error}"
+        );
     }
 
     #[test]

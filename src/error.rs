@@ -32,6 +32,8 @@ pub enum Error {
     NotFound(String),
     /// Work was abandoned because the collector is stopping.
     Interrupted,
+    /// The metrics endpoint cannot listen where it is told to.
+    Listen(String),
     /// A snapshot passed its deadline and was abandoned.
     DeadlineExceeded(std::time::Duration),
 }
@@ -54,6 +56,7 @@ impl Error {
             | Error::Powa(_)
             | Error::NotFound(_)
             | Error::Interrupted
+            | Error::Listen(_)
             | Error::DeadlineExceeded(_) => EXIT_FAILURE,
         }
     }
@@ -65,7 +68,8 @@ impl fmt::Display for Error {
             Error::Config(message)
             | Error::Connect(message)
             | Error::Powa(message)
-            | Error::NotFound(message) => f.write_str(message),
+            | Error::NotFound(message)
+            | Error::Listen(message) => f.write_str(message),
             Error::Interrupted => f.write_str("interrupted: the worker is stopping"),
             Error::DeadlineExceeded(timeout) => write!(
                 f,

@@ -15,6 +15,7 @@
 //! - [`worker`]: one thread per remote server;
 //! - [`watchdog`]: snapshot deadlines and stop requests' cancels;
 //! - [`pool`]: the workers' shared repository connections;
+//! - [`metrics`]: the optional metrics endpoint and what it counts;
 //! - [`snapshot`]: one snapshot, remote COPY into the repository;
 //! - [`powa`]: PoWA on a connection, and what differs between PoWA 4 and 5;
 //! - [`repository`]: what the collector reads and writes in the repository;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod conninfo;
 pub mod control;
 pub mod error;
+pub mod metrics;
 pub mod pool;
 pub mod powa;
 pub mod protocol;

@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::metrics::{Metrics, ServerMetrics};
 use crate::pool::PoolHandle;
 use crate::servers::ServerSettings;
 use crate::watchdog::{InFlight, WatchdogHandle, Watched};
@@ -54,6 +55,16 @@ pub enum WorkerStatus {
 }
 
 impl WorkerStatus {
+    /// Every status, in the order of the words powa-web knows first.
+    pub const ALL: [WorkerStatus; 6] = [
+        WorkerStatus::Running,
+        WorkerStatus::NoRemoteConnection,
+        WorkerStatus::NoRepositoryConnection,
+        WorkerStatus::SnapshotTimedOut,
+        WorkerStatus::Stopping,
+        WorkerStatus::Stopped,
+    ];
+
     /// The word powa-web shows (it colours `running` green, anything else
     /// red).
     pub fn as_str(self) -> &'static str {
@@ -103,10 +114,11 @@ struct Shared {
     in_flight: Vec<Watched>,
 }
 
-#[derive(Default)]
 struct SharedState {
     state: Mutex<Shared>,
     changed: Condvar,
+    /// The worker's series on the metrics endpoint.
+    metrics: ServerMetrics,
 }
 
 impl InFlight for SharedState {
@@ -120,8 +132,26 @@ impl SharedState {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn new(metrics: ServerMetrics) -> SharedState {
+        metrics.set_status(WorkerStatus::NoRemoteConnection);
+        SharedState {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            metrics,
+        }
+    }
+
+    /// Sets the status; the metrics show what [`WorkerHandle::status`]
+    /// would.
     fn set_status(&self, status: WorkerStatus) {
-        self.lock().status = Some(status);
+        let mut shared = self.lock();
+        shared.status = Some(status);
+        let shown = if shared.stopping && status != WorkerStatus::Stopped {
+            WorkerStatus::Stopping
+        } else {
+            status
+        };
+        self.metrics.set_status(shown);
     }
 }
 
@@ -150,6 +180,8 @@ pub struct WorkerOptions {
     pub watchdog: WatchdogHandle,
     /// The repository connections the workers share.
     pub pool: PoolHandle,
+    /// What the metrics endpoint shows.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where worker ids come from.
@@ -161,7 +193,9 @@ impl WorkerHandle {
         let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
         let name = server.display_name(options.use_server_alias);
         let (sender, inbox) = mpsc::channel();
-        let shared = Arc::new(SharedState::default());
+        let shared = Arc::new(SharedState::new(
+            options.metrics.server(server.srvid, &name),
+        ));
         let worker = Worker::new(
             id,
             server.clone(),
@@ -217,7 +251,13 @@ impl WorkerHandle {
     /// wait for a repository connection ends. Returns at once, without
     /// I/O; [`WorkerHandle::join`] waits.
     pub fn request_stop(&self) {
-        self.shared.lock().stopping = true;
+        {
+            let mut shared = self.shared.lock();
+            shared.stopping = true;
+            if shared.status != Some(WorkerStatus::Stopped) {
+                self.shared.metrics.set_status(WorkerStatus::Stopping);
+            }
+        }
         self.pool.withdraw(self.id);
         let _ = self.sender.send(Message::Stop);
         self.watchdog
@@ -325,17 +365,7 @@ mod tests {
 
     #[test]
     fn status_words_are_the_ui_ones() {
-        let words: Vec<&str> = [
-            WorkerStatus::Running,
-            WorkerStatus::NoRemoteConnection,
-            WorkerStatus::NoRepositoryConnection,
-            WorkerStatus::SnapshotTimedOut,
-            WorkerStatus::Stopping,
-            WorkerStatus::Stopped,
-        ]
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
+        let words: Vec<&str> = WorkerStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             words,
             [

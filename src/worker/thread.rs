@@ -462,7 +462,10 @@ impl Worker {
         );
         match &leased {
             Err(Error::Interrupted) => return leased,
-            Ok(_) => self.repository_reachable = true,
+            Ok(lease) => {
+                self.shared.metrics.waited(lease.wait().waited);
+                self.repository_reachable = true;
+            }
             Err(_) => self.repository_reachable = false,
         }
         self.update_status();
@@ -668,6 +671,11 @@ impl Worker {
             Ok(report) => {
                 if report.skipped.is_none() {
                     self.catalogs_to_refresh = CatalogRefresh::default();
+                    self.shared.metrics.snapshot_done(
+                        started.elapsed(),
+                        report.rows,
+                        report.errors.len(),
+                    );
                 }
                 log_report(&report, started.elapsed());
             }
@@ -676,6 +684,7 @@ impl Worker {
             }
             Err(error) => {
                 log::error!("snapshot failed: {error}");
+                self.shared.metrics.snapshot_failed(started.elapsed());
                 // The next snapshot starts from fresh connections.
                 self.remote = None;
                 repo.discard();

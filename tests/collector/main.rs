@@ -15,6 +15,7 @@
 //! - `faults`: stopped, black-holed and killed peers, mid-snapshot
 //! - `fuzz`: 10,000 hostile payloads on the command protocol
 //! - `proxy`: a TCP proxy with pass, blackhole and reset modes
+//! - `metrics`: the metrics endpoint: /metrics, /healthz, start and reload
 //! - `memory`: peak memory does not grow with the size of a datasource
 //! - `control`: `status` and `reload` from the command line
 //! - `check`: `check` finds what fails, says what to grant, changes nothing
@@ -41,6 +42,7 @@ mod fleet;
 mod fuzz;
 mod harness;
 mod memory;
+mod metrics;
 mod pool;
 mod powa5;
 mod powa_web;

@@ -6,12 +6,12 @@
 //! per server, then loops until told to stop.
 //!
 //! How the loop waits: the synchronous `postgres` client exposes no socket
-//! to `select` on, so each turn waits at most [`POLL_INTERVAL`] (250 ms) for
+//! to `select` on, so each turn waits at most [`POLL_INTERVAL`] (500 ms) for
 //! a notification on the repository connection, serves every notification
 //! that arrived, then looks at the [`Control`] flags that signal handlers
 //! set. A request is thus answered as soon as it arrives, a signal is acted
-//! on within 250 ms, and an idle collector wakes four times a second, which
-//! costs nothing measurable. At least every [`CHECK_INTERVAL`] the
+//! on within 500 ms (so SIGTERM, with [`SHUTDOWN_DEADLINE`], exits within
+//! 2 s), and an idle collector's main thread wakes twice a second. At least every [`CHECK_INTERVAL`] the
 //! repository connection is checked and, if it dropped, re-opened (and
 //! `LISTEN` issued again) while the workers go on. Every
 //! [`REBALANCE_INTERVAL`] the loop takes this collector's share of the
@@ -54,7 +54,7 @@ use crate::worker::schedule::{Backoff, jitter};
 use crate::worker::{WorkerHandle, WorkerOptions, WorkerStatus};
 
 /// Longest wait for a notification before the loop looks at its flags.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest time between two checks of the repository connection.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for the workers to end at shutdown; a worker still

@@ -721,7 +721,7 @@ fn answers_stay_prompt_while_snapshots_run() {
         started.elapsed().as_secs_f64()
     );
     // Every answer came within powa-web's timeout (`ask_timed` checks it);
-    // the usual one comes well within the main loop's 250 ms wait.
+    // the usual one comes well within a quarter of a second.
     assert!(
         median(&during) < Duration::from_millis(250),
         "median answer time while snapshots run: {:?}",

@@ -34,6 +34,26 @@ pub fn default_locations() -> Vec<PathBuf> {
     places
 }
 
+/// Every key the file may have, nested ones written `parent.child`; any
+/// other key is reported as unknown. The man page documents each of them.
+pub const KEYS: [&str; 4] = [
+    "repository.dsn",
+    "debug",
+    "use_server_alias",
+    "snapshot_timeout",
+];
+
+/// Whether `key` (a top-level key, or `parent.child`) is one of [`KEYS`]
+/// or the parent of one.
+fn is_known(key: &str) -> bool {
+    KEYS.iter().any(|known| {
+        *known == key
+            || known
+                .split_once('.')
+                .is_some_and(|(parent, _)| parent == key)
+    })
+}
+
 /// A configuration to copy from, printed when the mandatory key is missing.
 pub const SAMPLE: &str = r#"{
     "repository": {
@@ -147,10 +167,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
 
     let mut unknown_keys = Vec::new();
     for key in root.keys() {
-        if !matches!(
-            key.as_str(),
-            "repository" | "debug" | "use_server_alias" | "snapshot_timeout"
-        ) {
+        if !is_known(key) {
             unknown_keys.push(key.clone());
         }
     }
@@ -166,8 +183,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         Some(other) => return Err(wrong_type(path, "repository", "an object", other)),
     };
     for key in repository.keys() {
-        if key != "dsn" {
-            unknown_keys.push(format!("repository.{key}"));
+        let key = format!("repository.{key}");
+        if !is_known(&key) {
+            unknown_keys.push(key);
         }
     }
     let repository_dsn = match repository.get("dsn") {
@@ -296,6 +314,26 @@ mod tests {
         .unwrap();
         assert!(config.debug);
         assert!(config.use_server_alias);
+    }
+
+    #[test]
+    fn keys_are_the_ones_read() {
+        let config = parse_text(
+            r#"{"repository": {"dsn": "postgresql:///powa"}, "debug": true,
+                "use_server_alias": true, "snapshot_timeout": 30}"#,
+        )
+        .unwrap();
+        assert!(config.unknown_keys.is_empty());
+        assert_eq!(
+            KEYS,
+            [
+                "repository.dsn",
+                "debug",
+                "use_server_alias",
+                "snapshot_timeout"
+            ]
+        );
+        assert!(!is_known("dsn") && !is_known("repository.sslmode"));
     }
 
     #[test]

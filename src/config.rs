@@ -344,6 +344,14 @@ mod tests {
     }
 
     #[test]
+    fn debian_conffile_parses() {
+        let text = include_str!("../packaging/debian/powa-collector.conf");
+        let config = parse_text(text).unwrap();
+        assert_eq!(config.repository_dsn, "postgresql:///powa");
+        assert!(config.unknown_keys.is_empty());
+    }
+
+    #[test]
     fn printed_sample_parses() {
         parse_text(SAMPLE).unwrap();
     }

@@ -22,13 +22,20 @@ use powa_collector::cli::Cli;
 use powa_collector::error::{EXIT_CONFIG, EXIT_FAILURE};
 
 /// Each configuration key, its type and default, and what it does.
-const CONFIG_KEYS: [(&str, &str, &str); 4] = [
+const CONFIG_KEYS: [(&str, &str, &str); 6] = [
     (
         "repository.dsn",
         "string, required",
         "libpq connection string (URI or key=value) of the repository database. \
          What it leaves out comes from the PG* environment variables and libpq's \
          defaults; its password may come from ~/.pgpass.",
+    ),
+    (
+        "repository.pool_size",
+        "whole number from 1 to 100, default 4",
+        "Repository connections the workers share, besides the main thread's: at \
+         most this many snapshots, error reports and version saves run on the \
+         repository at once.",
     ),
     (
         "debug",
@@ -47,6 +54,13 @@ const CONFIG_KEYS: [(&str, &str, &str); 4] = [
         "Deadline of one snapshot; past it, its queries are cancelled and it is \
          rolled back. The Python collector ignores this key, so the file can stay \
          shared.",
+    ),
+    (
+        "metrics_address",
+        "string, an IP address and a port, default none",
+        "Where to serve /metrics (Prometheus text format) and /healthz over HTTP, \
+         e.g. \"127.0.0.1:9187\" or \"[::1]:9187\"; without it, no endpoint. The \
+         Python collector ignores this key.",
     ),
 ];
 
@@ -158,14 +172,41 @@ fn commands(roff: &mut Roff, cli: &Command) {
             [format!("powa-collector {}", command.get_name()).as_str()],
         );
         let about = command.get_long_about().or(command.get_about());
-        roff.text([roman(about.map(|a| a.to_string()).unwrap_or_default())]);
+        paragraphs(roff, &about.map(|a| a.to_string()).unwrap_or_default());
         for arg in command
             .get_arguments()
             .filter(|a| !a.is_global_set() && !a.is_hide_set())
         {
             entry(roff, arg_term(arg), arg_text(arg));
         }
+        if let Some(after) = command.get_after_long_help() {
+            preformatted(roff, &after.to_string(), false);
+        }
     }
+}
+
+/// Text in paragraphs, one per blank-line-separated block.
+fn paragraphs(roff: &mut Roff, text: &str) {
+    for (i, block) in text.split("\n\n").enumerate() {
+        if i > 0 {
+            roff.control("PP", []);
+        }
+        roff.text([roman(block.replace('\n', " "))]);
+    }
+}
+
+/// Text kept as it is laid out (a table, an example), indented or not.
+fn preformatted(roff: &mut Roff, text: &str, indented: bool) {
+    roff.control("PP", []);
+    roff.control("nf", []);
+    if indented {
+        roff.control("RS", []);
+    }
+    roff.text([roman(text.trim_end())]);
+    if indented {
+        roff.control("RE", []);
+    }
+    roff.control("fi", []);
 }
 
 /// `--timeout SECONDS`, `-s, --server ID`, or `[SRVID]` for a positional.
@@ -222,12 +263,7 @@ fn configuration(roff: &mut Roff) {
     roff.text([roman(
         "The configuration file is a JSON object, the same as the Python collector's:",
     )]);
-    roff.control("PP", []);
-    roff.control("nf", []);
-    roff.control("RS", []);
-    roff.text([roman(powa_collector::config::SAMPLE)]);
-    roff.control("RE", []);
-    roff.control("fi", []);
+    preformatted(roff, powa_collector::config::SAMPLE, true);
     paragraph(
         roff,
         [roman("Its keys, a nested key written parent.child:")],
@@ -280,7 +316,7 @@ fn exit_status(roff: &mut Roff) {
         [bold("0")],
         [roman(
             "The daemon stopped on SIGTERM or SIGINT, or the command succeeded (status and \
-             reload: the running collector answered in time).",
+             reload: the running collector answered in time; check: every check passed).",
         )],
     );
     entry(
@@ -289,7 +325,7 @@ fn exit_status(roff: &mut Roff) {
         [roman(
             "A fatal error: the repository cannot be reached, or PoWA is missing or too old \
              there; or the command failed (status and reload: no answer from the collector in \
-             time).",
+             time; check: a check failed).",
         )],
     );
     entry(

@@ -13,7 +13,10 @@
 //! on within 250 ms, and an idle collector wakes four times a second, which
 //! costs nothing measurable. At least every [`CHECK_INTERVAL`] the
 //! repository connection is checked and, if it dropped, re-opened (and
-//! `LISTEN` issued again) while the workers go on.
+//! `LISTEN` issued again) while the workers go on. Every
+//! [`REBALANCE_INTERVAL`] the loop takes this collector's share of the
+//! servers when others share the repository ([`sharing`]), and makes the
+//! workers follow.
 //!
 //! Shutdown tells every worker to stop at once (the watchdog cancels the
 //! query of a snapshot in flight, which is then rolled back, and drops the
@@ -24,7 +27,7 @@
 //! cancel request or waits on a worker's peer; its own queries are bounded
 //! by [`MAIN_STATEMENT_TIMEOUT`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -37,11 +40,14 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::config::{self, Config};
 use crate::conninfo::{ConnInfo, Tripwire};
 use crate::error::{Error, describe_postgres_error};
-use crate::powa::{self, Powa};
+use crate::metrics::{Endpoint, Metrics};
+use crate::pool::Pool;
+use crate::powa::Powa;
 use crate::protocol::{self, Answer, Command, Request};
 use crate::repository;
 use crate::repository::metas::{self, ErrorReport};
 use crate::servers::{self, Change, RunningWorker, ServerSettings};
+use crate::sharing::{self, REBALANCE_INTERVAL, Share};
 use crate::systemd::Notifier;
 use crate::watchdog::Watchdog;
 use crate::worker::schedule::{Backoff, jitter};
@@ -134,8 +140,12 @@ pub fn log_level(debug: bool) -> LevelFilter {
 /// are logged and retried, never fatal.
 pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), Error> {
     let repository = config.repository()?;
+    let metrics = Metrics::new();
+    let endpoint = Endpoint::start_if(config.metrics_address, &metrics)?;
     let mut main = MainConnection::open(&repository)?;
     let servers = read_servers(&mut main)?;
+    let pool = Pool::new(repository.clone(), config.pool_size)
+        .map_err(|e| Error::Connect(format!("cannot start the pool's thread: {e}")))?;
 
     let mut collector = Collector {
         config,
@@ -143,21 +153,28 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         repository,
         connection: Some(main),
         last_check: Instant::now(),
+        listed: servers,
+        share: Share::default(),
+        last_rebalance: Instant::now(),
         workers: BTreeMap::new(),
         retiring: Vec::new(),
         notifier: Notifier::from_env(),
         watchdog: Watchdog::spawn()
             .map_err(|e| Error::Connect(format!("cannot start the watchdog thread: {e}")))?,
+        pool,
         outage: None,
         reconnecting: None,
+        metrics,
+        endpoint,
     };
-    for server in servers {
-        collector.start_worker(server);
-    }
+    collector.rebalance();
+    collector.follow_ownership();
     collector.log_workers();
     collector.notifier.ready();
 
     while !control.stop_requested() {
+        let (up, workers) = (collector.connection.is_some(), collector.workers.len());
+        collector.metrics.observe_collector(up, workers);
         if control.take_reload() {
             let _ = collector.reload();
         }
@@ -165,6 +182,10 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
         collector.reap_retired();
         if collector.connection.is_none() || collector.last_check.elapsed() >= CHECK_INTERVAL {
             collector.check_connection();
+        }
+        if collector.last_rebalance.elapsed() >= REBALANCE_INTERVAL {
+            collector.rebalance();
+            collector.follow_ownership();
         }
         collector.notifier.keep_alive();
     }
@@ -176,6 +197,7 @@ pub fn run(config: Config, force_debug: bool, control: &Control) -> Result<(), E
     workers.append(&mut collector.retiring);
     stop_and_join(workers);
     collector.watchdog.shutdown();
+    drop(collector.endpoint.take());
     Ok(())
 }
 
@@ -201,15 +223,10 @@ impl MainConnection {
     /// Connects, checks PoWA and listens.
     fn open(repository: &ConnInfo) -> Result<MainConnection, Error> {
         log::debug!("connecting to the repository ({repository})");
-        let (mut client, tripwire) = repository
-            .connect_with_tripwire(&format!(
-                "PoWA collector - main thread ({})",
-                crate::VERSION
-            ))
-            .map_err(|e| {
-                e.into_error(format!("cannot connect to the repository ({repository})"))
-            })?;
-        let powa = powa::prepare(&mut client, "the repository")?;
+        let (mut client, tripwire, powa) = repository::connect(
+            repository,
+            &format!("PoWA collector - main thread ({})", crate::VERSION),
+        )?;
         client
             .batch_execute(&format!(
                 "SET statement_timeout = {}",
@@ -226,6 +243,12 @@ impl MainConnection {
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .map_err(|e| Error::postgres("cannot LISTEN on the repository", e))?;
+        sharing::join(&mut client).map_err(|e| {
+            Error::postgres(
+                "cannot take the collector's advisory lock on the repository",
+                e,
+            )
+        })?;
         log::debug!("connected to the repository, PoWA {}", powa.version.text);
         Ok(MainConnection {
             client,
@@ -305,6 +328,11 @@ struct Collector {
     /// `None` while the repository is unreachable.
     connection: Option<MainConnection>,
     last_check: Instant,
+    /// Every server of the last server list read.
+    listed: Vec<ServerSettings>,
+    /// Which of them this collector snapshots (see [`sharing`]).
+    share: Share,
+    last_rebalance: Instant,
     /// By server key (`host:port`).
     workers: BTreeMap<String, WorkerHandle>,
     /// Workers told to stop by a reload, joined as they end so that the
@@ -312,10 +340,15 @@ struct Collector {
     retiring: Vec<WorkerHandle>,
     notifier: Notifier,
     watchdog: Watchdog,
+    /// The workers' repository connections.
+    pool: Pool,
     /// Set while the repository cannot be reached.
     outage: Option<Outage>,
     /// An attempt to open the main connection, in flight.
     reconnecting: Option<JoinHandle<Result<MainConnection, Error>>>,
+    /// What the metrics endpoint shows, and the endpoint if enabled.
+    metrics: Arc<Metrics>,
+    endpoint: Option<Endpoint>,
 }
 
 /// Opens the main connection on a thread of its own, so that a repository
@@ -342,8 +375,10 @@ impl Collector {
             use_server_alias: self.config.use_server_alias,
             snapshot_timeout: self.config.snapshot_timeout,
             watchdog: self.watchdog.handle(),
+            pool: self.pool.handle(),
+            metrics: Arc::clone(&self.metrics),
         };
-        match WorkerHandle::spawn(server, self.repository.clone(), &options) {
+        match WorkerHandle::spawn(server, &options) {
             Ok(worker) => {
                 self.workers.insert(key, worker);
             }
@@ -430,8 +465,155 @@ impl Collector {
                 "connection to the repository lost: {}",
                 describe_postgres_error(&e)
             );
-            self.connection = None;
+            self.connection_lost();
         }
+    }
+
+    /// The main connection is gone, and with it the advisory locks that
+    /// said which servers this collector owns. Alone, it keeps its workers
+    /// (nobody else takes its servers); with others, it stops them, since
+    /// the others take its servers over, and takes its share again once
+    /// reconnected.
+    fn connection_lost(&mut self) {
+        self.connection = None;
+        self.share.owned.clear();
+        if self.share.members > 1 && !self.workers.is_empty() {
+            log::warn!(
+                "stopping the {} workers: the other collectors take their servers over \
+                 until the repository connection is back",
+                self.workers.len()
+            );
+            let workers = std::mem::take(&mut self.workers);
+            workers.into_values().for_each(|worker| self.retire(worker));
+        }
+    }
+
+    /// Takes this collector's fair share of the listed servers (see
+    /// [`sharing`]), giving back what it holds beyond it; the workers of
+    /// servers given back are told to stop first.
+    fn rebalance(&mut self) {
+        self.last_rebalance = Instant::now();
+        let Some(main) = self.connection.as_mut() else {
+            return;
+        };
+        match sharing::survey(&mut main.client) {
+            Ok((members, held)) => {
+                self.share.members = members;
+                self.share.held_by_others = held;
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot see which servers the other collectors own: {}",
+                    describe_postgres_error(&e)
+                );
+                return;
+            }
+        }
+        let listed: BTreeSet<i32> = self.listed.iter().map(|s| s.srvid).collect();
+        let plan = sharing::plan(
+            &listed,
+            &self.share.owned,
+            &self.share.held_by_others,
+            self.share.members,
+        );
+        self.give_back(&plan.release);
+        self.take(&plan.take);
+    }
+
+    /// Stops the workers of `srvids`, then releases their locks.
+    fn give_back(&mut self, srvids: &[i32]) {
+        if srvids.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| srvids.contains(&w.server().srvid))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            if let Some(worker) = self.workers.remove(&key) {
+                self.retire(worker);
+            }
+        }
+        let Some(main) = self.connection.as_mut() else {
+            return;
+        };
+        match sharing::release(&mut main.client, srvids) {
+            Ok(()) => {
+                srvids.iter().for_each(|id| {
+                    self.share.owned.remove(id);
+                });
+                if self.share.members > 1 {
+                    log::info!(
+                        "gave back servers {srvids:?} to the other collectors ({} in all)",
+                        self.share.members
+                    );
+                }
+            }
+            // Kept, then: the next rebalance tries again.
+            Err(e) => log::warn!(
+                "cannot give back servers {srvids:?}: {}",
+                describe_postgres_error(&e)
+            ),
+        }
+    }
+
+    /// Tries to take `srvids`.
+    fn take(&mut self, srvids: &[i32]) {
+        let Some(main) = self.connection.as_mut() else {
+            return;
+        };
+        match sharing::take(&mut main.client, srvids) {
+            Ok(taken) if taken.is_empty() => {}
+            Ok(taken) => {
+                self.share.owned.extend(&taken);
+                if self.share.members > 1 {
+                    log::info!(
+                        "took servers {taken:?}: {} of {} servers, shared by {} collectors",
+                        self.share.owned.len(),
+                        self.listed.len(),
+                        self.share.members
+                    );
+                }
+            }
+            Err(e) => log::warn!(
+                "cannot take servers {srvids:?}: {}",
+                describe_postgres_error(&e)
+            ),
+        }
+    }
+
+    /// Makes the workers match the servers owned: a worker for each, and
+    /// none for the others.
+    fn follow_ownership(&mut self) {
+        let unowned: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !self.share.owned.contains(&w.server().srvid))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in unowned {
+            if let Some(worker) = self.workers.remove(&key) {
+                log::info!("{key} is owned by another collector, stopping its worker");
+                self.retire(worker);
+            }
+        }
+        let missing: Vec<ServerSettings> = self
+            .listed
+            .iter()
+            .filter(|s| self.share.owned.contains(&s.srvid) && !self.workers.contains_key(&s.key()))
+            .cloned()
+            .collect();
+        for server in missing {
+            self.start_worker(server);
+        }
+    }
+
+    /// Whether another collector owns `srvid`: it answers requests about
+    /// that server, this one stays silent.
+    fn owned_elsewhere(&self, srvid: i32) -> bool {
+        self.worker_of(srvid).is_none() && self.share.held_by_others.contains(&srvid)
     }
 
     /// Serves one request from backend `pid`.
@@ -500,7 +682,15 @@ impl Collector {
             Command::WorkersStatus { srvid } => {
                 // Nobody to tell: nothing to do.
                 request.channel.as_ref()?;
+                if srvid.is_some_and(|id| self.owned_elsewhere(id)) {
+                    return None;
+                }
                 Answer::ok(self.workers_status(*srvid))
+            }
+            Command::ForceSnapshot { srvid } | Command::RefreshDbCat { srvid, .. }
+                if self.owned_elsewhere(*srvid) =>
+            {
+                return None;
             }
             Command::ForceSnapshot { srvid } => match self.worker_of(*srvid) {
                 None => Answer::error(format!("Server id {srvid} not found")),
@@ -580,7 +770,17 @@ impl Collector {
             }
             self.connection = Some(main);
             self.last_check = Instant::now();
+            // A new session holds none of the old one's locks.
+            self.share.owned.clear();
         }
+        self.listed = servers.clone();
+        self.rebalance();
+        let servers: Vec<ServerSettings> = servers
+            .into_iter()
+            .filter(|s| self.share.owned.contains(&s.srvid))
+            .collect();
+        self.pool.reconfigure(repository.clone(), config.pool_size);
+        Endpoint::follow(&mut self.endpoint, config.metrics_address, &self.metrics);
         self.repository = repository;
         log::set_max_level(log_level(config.debug || self.force_debug));
 
@@ -621,14 +821,14 @@ impl Collector {
                 }
                 Change::Update(server) | Change::Reconnect(server) => {
                     if let Some(worker) = self.workers.get_mut(&server.key()) {
-                        worker.reload(server, self.repository.clone(), snapshot_timeout);
+                        worker.reload(server, snapshot_timeout);
                     }
                 }
                 Change::Refresh(key) => {
                     if let Some(worker) = self.workers.get_mut(&key) {
                         if dsn_changed || timeout_changed {
                             let server = worker.server().clone();
-                            worker.reload(server, self.repository.clone(), snapshot_timeout);
+                            worker.reload(server, snapshot_timeout);
                         } else {
                             worker.refresh_versions();
                         }
@@ -655,7 +855,7 @@ impl Collector {
                 "connection to the repository lost: {}",
                 describe_postgres_error(&e)
             );
-            self.connection = None;
+            self.connection_lost();
         }
         if self.connection.is_some() {
             return;
@@ -691,6 +891,8 @@ impl Collector {
                     None => log::info!("reconnected to the repository"),
                 }
                 self.connection = Some(main);
+                self.rebalance();
+                self.follow_ownership();
             }
             Err(error) => self.record_outage(&error),
         }

@@ -14,6 +14,7 @@
 //! loads. Runs on the main thread (start-up and reload).
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::conninfo::ConnInfo;
 use crate::error::Error;
+use crate::pool;
 
 /// The places searched, in order, when no path is given on the command line.
 pub fn default_locations() -> Vec<PathBuf> {
@@ -36,11 +38,13 @@ pub fn default_locations() -> Vec<PathBuf> {
 
 /// Every key the file may have, nested ones written `parent.child`; any
 /// other key is reported as unknown. The man page documents each of them.
-pub const KEYS: [&str; 4] = [
+pub const KEYS: [&str; 6] = [
     "repository.dsn",
+    "repository.pool_size",
     "debug",
     "use_server_alias",
     "snapshot_timeout",
+    "metrics_address",
 ];
 
 /// Whether `key` (a top-level key, or `parent.child`) is one of [`KEYS`]
@@ -77,6 +81,12 @@ pub struct Config {
     /// Deadline of a snapshot (`snapshot_timeout`, in seconds); `None`
     /// derives it from each server's frequency.
     pub snapshot_timeout: Option<Duration>,
+    /// How many repository connections the workers share
+    /// (`repository.pool_size`).
+    pub pool_size: usize,
+    /// Where the metrics endpoint listens (`metrics_address`); `None`: no
+    /// endpoint.
+    pub metrics_address: Option<SocketAddr>,
     /// Keys the file has that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -89,6 +99,8 @@ impl fmt::Debug for Config {
             .field("debug", &self.debug)
             .field("use_server_alias", &self.use_server_alias)
             .field("snapshot_timeout", &self.snapshot_timeout)
+            .field("pool_size", &self.pool_size)
+            .field("metrics_address", &self.metrics_address)
             .field("unknown_keys", &self.unknown_keys)
             .finish()
     }
@@ -200,6 +212,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         debug: optional_bool(path, &root, "debug")?,
         use_server_alias: optional_bool(path, &root, "use_server_alias")?,
         snapshot_timeout: optional_seconds(path, &root, "snapshot_timeout")?,
+        pool_size: pool_size(path, repository)?,
+        metrics_address: metrics_address(path, &root)?,
         unknown_keys,
     };
     config.repository()?;
@@ -236,6 +250,50 @@ fn optional_seconds(
         Some(other) => Err(wrong_type(path, key, "a number of seconds", other)),
     }
 }
+
+/// `repository.pool_size`: a whole number from 1 to [`MAX_POOL_SIZE`].
+fn pool_size(path: &Path, repository: &Map<String, Value>) -> Result<usize, Error> {
+    const KEY: &str = "repository.pool_size";
+    match repository.get("pool_size") {
+        None | Some(Value::Null) => Ok(pool::DEFAULT_SIZE),
+        Some(Value::Number(number)) => number
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=MAX_POOL_SIZE).contains(n))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: key {KEY}: expected a whole number from 1 to {MAX_POOL_SIZE}, found {number}",
+                    path.display()
+                ))
+            }),
+        Some(other) => Err(wrong_type(path, KEY, "a whole number", other)),
+    }
+}
+
+/// `metrics_address`: an IP address and a port, `127.0.0.1:9187` or
+/// `[::1]:9187`; absent or null, no metrics endpoint.
+fn metrics_address(path: &Path, root: &Map<String, Value>) -> Result<Option<SocketAddr>, Error> {
+    const KEY: &str = "metrics_address";
+    match root.get(KEY) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => text.parse().map(Some).map_err(|_| {
+            Error::Config(format!(
+                "{}: key {KEY}: expected an IP address and a port such as 127.0.0.1:9187 \
+                 or [::1]:9187, found {text:?}",
+                path.display()
+            ))
+        }),
+        Some(other) => Err(wrong_type(
+            path,
+            KEY,
+            "a string such as \"127.0.0.1:9187\"",
+            other,
+        )),
+    }
+}
+
+/// The largest `repository.pool_size`.
+pub const MAX_POOL_SIZE: usize = 100;
 
 fn wrong_type(path: &Path, key: &str, expected: &str, found: &Value) -> Error {
     Error::Config(format!(
@@ -279,6 +337,8 @@ mod tests {
         assert!(!config.debug);
         assert!(!config.use_server_alias);
         assert_eq!(config.snapshot_timeout, None);
+        assert_eq!(config.pool_size, pool::DEFAULT_SIZE);
+        assert_eq!(config.metrics_address, None);
         assert!(config.unknown_keys.is_empty());
     }
 
@@ -306,6 +366,57 @@ mod tests {
     }
 
     #[test]
+    fn pool_size_is_a_small_whole_number() {
+        let with = |value: &str| {
+            parse_text(&format!(
+                r#"{{"repository": {{"dsn": "postgresql:///powa", "pool_size": {value}}}}}"#
+            ))
+        };
+        assert_eq!(with("2").unwrap().pool_size, 2);
+        assert!(with("2").unwrap().unknown_keys.is_empty());
+        for bad in ["0", "-1", "2.5", "101"] {
+            let error = with(bad).unwrap_err();
+            assert!(error.contains("key repository.pool_size"), "{bad}: {error}");
+        }
+        let error = with("\"4\"").unwrap_err();
+        assert!(error.contains("expected a whole number"), "{error}");
+    }
+
+    #[test]
+    fn metrics_address_is_an_ip_and_a_port() {
+        let with = |value: &str| {
+            parse_text(&format!(
+                r#"{{"repository": {{"dsn": "postgresql:///powa"}}, "metrics_address": {value}}}"#
+            ))
+        };
+        assert_eq!(with("null").unwrap().metrics_address, None);
+        assert_eq!(
+            with(r#""127.0.0.1:9187""#).unwrap().metrics_address,
+            Some("127.0.0.1:9187".parse().unwrap())
+        );
+        assert_eq!(
+            with(r#""[::1]:9187""#).unwrap().metrics_address,
+            Some("[::1]:9187".parse().unwrap())
+        );
+        assert!(with(r#""0.0.0.0:9187""#).unwrap().unknown_keys.is_empty());
+        for bad in [
+            r#""localhost:9187""#,
+            r#""127.0.0.1""#,
+            r#""127.0.0.1:99999""#,
+            "\"\"",
+        ] {
+            let error = with(bad).unwrap_err();
+            assert!(error.contains("key metrics_address"), "{bad}: {error}");
+            assert!(error.contains("127.0.0.1:9187"), "{bad}: {error}");
+        }
+        let error = with("9187").unwrap_err();
+        assert!(
+            error.contains("key metrics_address: expected a string"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn every_key_is_read() {
         let config = parse_text(
             r#"{"repository": {"dsn": "host=db user=powa dbname=powa"},
@@ -319,20 +430,12 @@ mod tests {
     #[test]
     fn keys_are_the_ones_read() {
         let config = parse_text(
-            r#"{"repository": {"dsn": "postgresql:///powa"}, "debug": true,
-                "use_server_alias": true, "snapshot_timeout": 30}"#,
+            r#"{"repository": {"dsn": "postgresql:///powa", "pool_size": 2}, "debug": true,
+                "use_server_alias": true, "snapshot_timeout": 30,
+                "metrics_address": "127.0.0.1:9187"}"#,
         )
         .unwrap();
         assert!(config.unknown_keys.is_empty());
-        assert_eq!(
-            KEYS,
-            [
-                "repository.dsn",
-                "debug",
-                "use_server_alias",
-                "snapshot_timeout"
-            ]
-        );
         assert!(!is_known("dsn") && !is_known("repository.sslmode"));
     }
 

@@ -17,7 +17,8 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use crate::config::Config;
 use crate::error::{Error, describe_postgres_error};
-use crate::powa::{self, Powa};
+use crate::powa::Powa;
+use crate::repository;
 
 /// How long to wait for the collector's answer unless told.
 pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,12 +60,10 @@ impl ControlClient {
     /// its own.
     pub fn connect(config: &Config) -> Result<ControlClient, Error> {
         let repository = config.repository()?;
-        let mut client = repository
-            .connect(&format!("powa-collector {} (command line)", crate::VERSION))
-            .map_err(|e| {
-                e.into_error(format!("cannot connect to the repository ({repository})"))
-            })?;
-        let powa = powa::prepare(&mut client, "the repository")?;
+        let (mut client, _, powa) = repository::connect(
+            &repository,
+            &format!("powa-collector {} (command line)", crate::VERSION),
+        )?;
         let channel = format!("powa_collector_cli_{}", fastrand::u32(1..1_000_000));
         client
             .batch_execute(&format!("LISTEN {channel}"))

@@ -27,8 +27,13 @@ pub enum Error {
     Connect(String),
     /// PoWA is missing or unusable on a server.
     Powa(String),
+    /// Something asked for on the command line does not exist (a server
+    /// id).
+    NotFound(String),
     /// Work was abandoned because the collector is stopping.
     Interrupted,
+    /// The metrics endpoint cannot listen where it is told to.
+    Listen(String),
     /// A snapshot passed its deadline and was abandoned.
     DeadlineExceeded(std::time::Duration),
 }
@@ -49,7 +54,9 @@ impl Error {
             Error::Postgres { .. }
             | Error::Connect(_)
             | Error::Powa(_)
+            | Error::NotFound(_)
             | Error::Interrupted
+            | Error::Listen(_)
             | Error::DeadlineExceeded(_) => EXIT_FAILURE,
         }
     }
@@ -58,9 +65,11 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(message) | Error::Connect(message) | Error::Powa(message) => {
-                f.write_str(message)
-            }
+            Error::Config(message)
+            | Error::Connect(message)
+            | Error::Powa(message)
+            | Error::NotFound(message)
+            | Error::Listen(message) => f.write_str(message),
             Error::Interrupted => f.write_str("interrupted: the worker is stopping"),
             Error::DeadlineExceeded(timeout) => write!(
                 f,

@@ -8,7 +8,7 @@ use clap::Parser;
 use log::LevelFilter;
 
 use powa_collector::cli::{Cli, Command};
-use powa_collector::{Control, collector, config, control, systemd};
+use powa_collector::{Control, check, collector, config, control, systemd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Some(Command::Reload { timeout }) => {
             run_command(|| control::reload(&config, seconds(timeout)))
         }
+        Some(Command::Check { server, json }) => run_command(|| check::run(&config, server, json)),
     }
 }
 
@@ -35,8 +36,9 @@ fn seconds(value: f64) -> Duration {
     Duration::try_from_secs_f64(value).unwrap_or(Duration::ZERO)
 }
 
-/// Runs a command: exit 0 when the collector answered, 1 when not or on
-/// an error (said on stderr).
+/// Runs a command: exit 0 when it succeeded (the collector answered, the
+/// checks passed), 1 when not, the error's code on an error (said on
+/// stderr).
 fn run_command(command: impl FnOnce() -> Result<bool, powa_collector::Error>) -> ExitCode {
     match command() {
         Ok(true) => ExitCode::SUCCESS,

@@ -110,6 +110,64 @@ impl Generation {
         }
     }
 
+    /// The query listing the extensions registered for server `$1` (the
+    /// enabled ones, where the generation can disable one), in `table`, the
+    /// qualified [`Generation::extension_versions_table`].
+    pub fn registered_extensions_sql(self, table: &str) -> String {
+        let enabled = match self {
+            Generation::V4 => "",
+            Generation::V5 => " AND enabled",
+        };
+        format!("SELECT extname FROM {table} WHERE srvid = $1{enabled} ORDER BY extname")
+    }
+
+    /// The tables of extension `powa` that the collector and
+    /// `powa_take_snapshot` only read (the configuration); snapshots write
+    /// the others.
+    pub fn configuration_tables(self) -> &'static [&'static str] {
+        match self {
+            Generation::V4 => &["powa_servers", "powa_functions", "powa_extensions"],
+            // As powa_grant() of powa-archivist 5 lists them.
+            Generation::V5 => &[
+                "powa_roles",
+                "powa_servers",
+                "powa_extensions",
+                "powa_extension_functions",
+                "powa_extension_config",
+                "powa_modules",
+                "powa_module_config",
+                "powa_module_functions",
+                "powa_db_modules",
+                "powa_db_module_config",
+                "powa_db_module_functions",
+                "powa_db_module_src_queries",
+                "powa_catalogs",
+                "powa_catalog_src_queries",
+            ],
+        }
+    }
+
+    /// The repository functions a snapshot calls.
+    pub fn snapshot_functions(self) -> &'static [&'static str] {
+        match self {
+            Generation::V4 => &["powa_take_snapshot"],
+            Generation::V5 => &[
+                "powa_take_snapshot",
+                "powa_db_functions",
+                "powa_catalog_functions",
+            ],
+        }
+    }
+
+    /// The PoWA role that gives its members everything a snapshot writes,
+    /// where the generation has one.
+    pub fn write_role(self) -> Option<&'static str> {
+        match self {
+            Generation::V4 => None,
+            Generation::V5 => Some("powa_write_all_data"),
+        }
+    }
+
     /// Whether snapshots also collect per-database modules and catalogs,
     /// connecting to each database of the remote.
     pub fn snapshots_databases(self) -> bool {
@@ -226,6 +284,17 @@ impl Powa {
             self.schemas.of(name)
         } else {
             Some(self.schema())
+        }
+    }
+
+    /// A PoWA of version `text`, in `schema`, for unit tests.
+    #[cfg(test)]
+    pub fn sample(text: &str, schema: &str) -> Powa {
+        let version = PowaVersion::parse(text).expect("a version");
+        Powa {
+            generation: Generation::of(&version).expect("a supported version"),
+            version,
+            schemas: Schemas::from_pairs([("powa".to_string(), schema.to_string())]),
         }
     }
 
@@ -375,6 +444,22 @@ mod tests {
             "powa_extension_config"
         );
         assert_eq!(Generation::V4.extension_versions_table(), "powa_extensions");
+        let v4 = Generation::V4.registered_extensions_sql("t");
+        assert!(!v4.contains("enabled"), "{v4}");
+        let v5 = Generation::V5.registered_extensions_sql("t");
+        assert!(v5.contains("AND enabled"), "{v5}");
+        for generation in [Generation::V4, Generation::V5] {
+            let read_only = generation.configuration_tables();
+            assert!(read_only.contains(&"powa_servers"));
+            assert!(!read_only.contains(&"powa_snapshot_metas"));
+            assert!(
+                generation
+                    .snapshot_functions()
+                    .contains(&"powa_take_snapshot")
+            );
+        }
+        assert_eq!(Generation::V5.write_role(), Some("powa_write_all_data"));
+        assert_eq!(Generation::V4.write_role(), None);
         assert!(Generation::V4.protocol_roles().is_empty());
         assert!(
             Generation::V5

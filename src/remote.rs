@@ -1,11 +1,69 @@
-//! What the collector asks a remote server about itself, besides the
-//! snapshot data: its versions, its databases, its clock.
+//! Connections to a remote server ([`connect`] to its PoWA database,
+//! [`connect_database`] to its other databases), and what the collector
+//! asks a remote server about itself, besides the snapshot data: its
+//! versions, its databases, its clock.
 //!
-//! Run by the server's worker on its remote connection; no state.
+//! Run by the server's worker (and by `powa-collector check`) on its
+//! remote connection; no state.
 
 use std::collections::HashMap;
 
-use postgres::GenericClient;
+use postgres::{Client, GenericClient};
+
+use crate::conninfo::{ConnInfo, Tripwire};
+use crate::error::{Error, describe_postgres_error};
+use crate::powa::{self, Powa};
+use crate::servers::ServerSettings;
+
+/// Opens a connection to the PoWA database of `server`, named `name` in
+/// messages, and checks PoWA there: missing or unsupported is an
+/// [`Error::Powa`]; PoWA 4.0 has its library loaded.
+pub fn connect(
+    server: &ServerSettings,
+    name: &str,
+    application_name: &str,
+) -> Result<(Client, Tripwire, Powa), Error> {
+    let conninfo = server.conninfo();
+    let (mut client, tripwire) = conninfo
+        .connect_with_tripwire(application_name)
+        .map_err(|e| {
+            e.into_error(format!(
+                "cannot connect to remote server {name} ({conninfo})"
+            ))
+        })?;
+    let place = format!("remote server {name}");
+    let powa = powa::prepare(&mut client, &place)?;
+    if powa.needs_load() {
+        client.batch_execute("LOAD 'powa'").map_err(|e| {
+            Error::Powa(format!(
+                "cannot load library powa on {place}: {}",
+                describe_postgres_error(&e)
+            ))
+        })?;
+    }
+    Ok((client, tripwire, powa))
+}
+
+/// Opens a connection to database `dbname` of `server` (PoWA 5's
+/// per-database modules and catalogs), its `search_path` pinned to
+/// `pg_catalog`; returns the settings it was opened with too.
+pub fn connect_database(
+    server: &ServerSettings,
+    dbname: &str,
+    application_name: &str,
+) -> Result<(ConnInfo, Client, Tripwire), Error> {
+    let conninfo = server.conninfo_for_database(dbname);
+    let (mut client, tripwire) = conninfo
+        .connect_with_tripwire(application_name)
+        .map_err(|e| {
+            e.into_error(format!(
+                "Could not connect to remote database {dbname} ({conninfo})"
+            ))
+        })?;
+    powa::pin_search_path(&mut client)
+        .map_err(|e| Error::postgres(format!("cannot set search_path in database {dbname}"), e))?;
+    Ok((conninfo, client, tripwire))
+}
 
 /// What a remote server runs, as the repository records it for the UI.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

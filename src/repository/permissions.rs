@@ -1,4 +1,5 @@
-//! Who may use the collector's command protocol.
+//! Who may use the collector's command protocol, and what to grant a
+//! role that may not.
 
 use postgres::GenericClient;
 
@@ -19,11 +20,7 @@ pub fn may_use_protocol(
     server_version_num: i32,
     pid: i32,
 ) -> Result<bool, postgres::Error> {
-    let predefined: Vec<&str> = if server_version_num >= 140000 {
-        vec!["pg_signal_backend"]
-    } else {
-        Vec::new()
-    };
+    let predefined = predefined_roles(server_version_num);
     let powa_roles = powa.generation.protocol_roles();
     let row = if !powa_roles.is_empty() {
         client.query_opt(
@@ -51,4 +48,50 @@ pub fn may_use_protocol(
         )?
     };
     Ok(row.and_then(|row| row.get::<_, Option<bool>>(0)) == Some(true))
+}
+
+/// The predefined roles of PostgreSQL whose members may use the protocol:
+/// `pg_signal_backend` from PostgreSQL 14 on.
+fn predefined_roles(server_version_num: i32) -> Vec<&'static str> {
+    if server_version_num >= 140000 {
+        vec!["pg_signal_backend"]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The statement that lets `role` (already quoted as needed) use the
+/// protocol, by the rule of [`may_use_protocol`].
+pub fn protocol_grant(powa: &Powa, server_version_num: i32, role: &str) -> String {
+    let predefined = predefined_roles(server_version_num);
+    let powa_roles = powa.generation.protocol_roles();
+    match predefined.iter().chain(powa_roles).next() {
+        Some(granted) => format!("GRANT {granted} TO {role}"),
+        None => format!(
+            "GRANT INSERT ON {} TO {role}",
+            powa.qualify("powa_statements")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn the_grant_follows_the_rule_of_the_protocol() {
+        let v4 = Powa::sample("4.1.4", "public");
+        let v5 = Powa::sample("5.0.2", "public");
+        assert_eq!(
+            protocol_grant(&v4, 150000, "powa"),
+            "GRANT pg_signal_backend TO powa"
+        );
+        assert_eq!(
+            protocol_grant(&v4, 130000, "powa"),
+            "GRANT INSERT ON \"public\".\"powa_statements\" TO powa"
+        );
+        assert_eq!(
+            protocol_grant(&v5, 130000, "powa"),
+            "GRANT powa_signal_backend TO powa"
+        );
+    }
 }

@@ -57,6 +57,8 @@ pub struct Job<'a> {
     pub application_name: &'a str,
     /// Catalog refreshes to do beyond the yearly ones.
     pub refresh: &'a CatalogRefresh,
+    /// Why the snapshot started late, for the UI, if it did.
+    pub late: Option<&'a str>,
 }
 
 /// What a snapshot did.
@@ -108,6 +110,9 @@ pub fn take(
     context: &dyn Context,
 ) -> Result<SnapshotReport, Error> {
     let mut report = SnapshotReport::default();
+    if let Some(late) = job.late {
+        report.errors.push(late.to_string());
+    }
     if let Some(mismatch) = version_mismatch(job) {
         metas::report_errors(
             repo,
@@ -195,7 +200,13 @@ pub fn server_timeout(job: &Job<'_>) -> String {
 /// The error reported when the repository and the remote run different
 /// PoWA major.minor versions.
 fn version_mismatch(job: &Job<'_>) -> Option<String> {
-    let (repo, remote) = (&job.repo_powa.version, &job.remote_powa.version);
+    incompatible_versions(job.repo_powa, job.remote_powa)
+}
+
+/// Why snapshots of a remote running `remote` cannot go into a repository
+/// running `repo`, if they cannot: their PoWA major.minor differ.
+pub fn incompatible_versions(repo: &Powa, remote: &Powa) -> Option<String> {
+    let (repo, remote) = (&repo.version, &remote.version);
     (!repo.compatible_with(remote)).then(|| {
         format!(
             "Incompatible PoWA version between the repository server ({repo}) \

@@ -30,7 +30,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::conninfo::ConnInfo;
+use crate::metrics::{Metrics, ServerMetrics};
+use crate::pool::PoolHandle;
 use crate::servers::ServerSettings;
 use crate::watchdog::{InFlight, WatchdogHandle, Watched};
 use thread::Worker;
@@ -54,6 +55,16 @@ pub enum WorkerStatus {
 }
 
 impl WorkerStatus {
+    /// Every status, in the order of the words powa-web knows first.
+    pub const ALL: [WorkerStatus; 6] = [
+        WorkerStatus::Running,
+        WorkerStatus::NoRemoteConnection,
+        WorkerStatus::NoRepositoryConnection,
+        WorkerStatus::SnapshotTimedOut,
+        WorkerStatus::Stopping,
+        WorkerStatus::Stopped,
+    ];
+
     /// The word powa-web shows (it colours `running` green, anything else
     /// red).
     pub fn as_str(self) -> &'static str {
@@ -80,7 +91,6 @@ enum Message {
     /// New settings (or the same, to reconnect): reconnect with them.
     Reload {
         server: ServerSettings,
-        repository: Box<ConnInfo>,
         snapshot_timeout: Option<Duration>,
     },
     /// Save the remote's versions in the repository again.
@@ -104,10 +114,11 @@ struct Shared {
     in_flight: Vec<Watched>,
 }
 
-#[derive(Default)]
 struct SharedState {
     state: Mutex<Shared>,
     changed: Condvar,
+    /// The worker's series on the metrics endpoint.
+    metrics: ServerMetrics,
 }
 
 impl InFlight for SharedState {
@@ -121,8 +132,26 @@ impl SharedState {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn new(metrics: ServerMetrics) -> SharedState {
+        metrics.set_status(WorkerStatus::NoRemoteConnection);
+        SharedState {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            metrics,
+        }
+    }
+
+    /// Sets the status; the metrics show what [`WorkerHandle::status`]
+    /// would.
     fn set_status(&self, status: WorkerStatus) {
-        self.lock().status = Some(status);
+        let mut shared = self.lock();
+        shared.status = Some(status);
+        let shown = if shared.stopping && status != WorkerStatus::Stopped {
+            WorkerStatus::Stopping
+        } else {
+            status
+        };
+        self.metrics.set_status(shown);
     }
 }
 
@@ -138,6 +167,7 @@ pub struct WorkerHandle {
     sender: Sender<Message>,
     shared: Arc<SharedState>,
     watchdog: WatchdogHandle,
+    pool: PoolHandle,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -148,27 +178,28 @@ pub struct WorkerOptions {
     /// `snapshot_timeout` from the configuration file, if set.
     pub snapshot_timeout: Option<Duration>,
     pub watchdog: WatchdogHandle,
+    /// The repository connections the workers share.
+    pub pool: PoolHandle,
+    /// What the metrics endpoint shows.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where worker ids come from.
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl WorkerHandle {
-    /// Starts the worker of `server`, whose snapshots go to `repository`.
-    pub fn spawn(
-        server: ServerSettings,
-        repository: ConnInfo,
-        options: &WorkerOptions,
-    ) -> std::io::Result<WorkerHandle> {
+    /// Starts the worker of `server`.
+    pub fn spawn(server: ServerSettings, options: &WorkerOptions) -> std::io::Result<WorkerHandle> {
         let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
         let name = server.display_name(options.use_server_alias);
         let (sender, inbox) = mpsc::channel();
-        let shared = Arc::new(SharedState::default());
+        let shared = Arc::new(SharedState::new(
+            options.metrics.server(server.srvid, &name),
+        ));
         let worker = Worker::new(
             id,
             server.clone(),
             name.clone(),
-            repository,
             options,
             Arc::clone(&shared),
             inbox,
@@ -183,6 +214,7 @@ impl WorkerHandle {
             sender,
             shared,
             watchdog: options.watchdog.clone(),
+            pool: options.pool.clone(),
             thread: Some(thread),
         })
     }
@@ -215,26 +247,28 @@ impl WorkerHandle {
     }
 
     /// Asks the worker to stop; the watchdog cancels the query its snapshot
-    /// runs, if any, and drops its connections if that is not enough.
-    /// Returns at once, without I/O; [`WorkerHandle::join`] waits.
+    /// runs, if any, and drops its connections if that is not enough; a
+    /// wait for a repository connection ends. Returns at once, without
+    /// I/O; [`WorkerHandle::join`] waits.
     pub fn request_stop(&self) {
-        self.shared.lock().stopping = true;
+        {
+            let mut shared = self.shared.lock();
+            shared.stopping = true;
+            if shared.status != Some(WorkerStatus::Stopped) {
+                self.shared.metrics.set_status(WorkerStatus::Stopping);
+            }
+        }
+        self.pool.withdraw(self.id);
         let _ = self.sender.send(Message::Stop);
         self.watchdog
             .stop(self.id, Arc::clone(&self.shared) as Arc<dyn InFlight>);
     }
 
     /// Gives the worker new settings (or the same, to make it reconnect).
-    pub fn reload(
-        &mut self,
-        server: ServerSettings,
-        repository: ConnInfo,
-        snapshot_timeout: Option<Duration>,
-    ) {
+    pub fn reload(&mut self, server: ServerSettings, snapshot_timeout: Option<Duration>) {
         self.server = server.clone();
         let _ = self.sender.send(Message::Reload {
             server,
-            repository: Box::new(repository),
             snapshot_timeout,
         });
     }
@@ -331,17 +365,7 @@ mod tests {
 
     #[test]
     fn status_words_are_the_ui_ones() {
-        let words: Vec<&str> = [
-            WorkerStatus::Running,
-            WorkerStatus::NoRemoteConnection,
-            WorkerStatus::NoRepositoryConnection,
-            WorkerStatus::SnapshotTimedOut,
-            WorkerStatus::Stopping,
-            WorkerStatus::Stopped,
-        ]
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
+        let words: Vec<&str> = WorkerStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             words,
             [

@@ -88,6 +88,11 @@ impl Schedule {
         self.next.saturating_duration_since(now)
     }
 
+    /// When the next snapshot is due.
+    pub fn due(&self) -> Instant {
+        self.next
+    }
+
     /// Records that a snapshot started at `at`.
     pub fn started(&mut self, at: Instant) {
         let on_grid = self.next + self.period;

@@ -21,9 +21,10 @@ use postgres::Client;
 
 use super::schedule::{Backoff, Schedule, first_delay, jitter, snapshot_timeout};
 use super::{Message, SharedState, WorkerOptions, WorkerStatus};
-use crate::conninfo::{ConnInfo, Tripwire};
+use crate::conninfo::Tripwire;
 use crate::error::{Error, describe_postgres_error};
-use crate::powa::{self, Powa};
+use crate::pool::{Lease, PoolHandle};
+use crate::powa::Powa;
 use crate::remote;
 use crate::repository::metas::{self, ErrorReport, LastSnapshot};
 use crate::repository::versions;
@@ -47,13 +48,6 @@ pub const STILL_FAILING_LOG_INTERVAL: Duration = Duration::from_secs(600);
 
 /// A live connection to the remote server and where PoWA is there.
 struct Remote {
-    client: Client,
-    tripwire: Tripwire,
-    powa: Powa,
-}
-
-/// A repository connection of the worker's.
-struct Repository {
     client: Client,
     tripwire: Tripwire,
     powa: Powa,
@@ -86,7 +80,8 @@ pub(super) struct Worker {
     id: u64,
     server: ServerSettings,
     name: String,
-    repository: ConnInfo,
+    /// The repository connections, shared with the other workers.
+    pool: PoolHandle,
     /// `snapshot_timeout` from the configuration file, if set.
     snapshot_timeout: Option<Duration>,
     watchdog: WatchdogHandle,
@@ -101,6 +96,9 @@ pub(super) struct Worker {
     timed_out: bool,
     /// Set while the remote cannot be reached.
     unreachable: Option<Unreachable>,
+    /// Whether the last snapshot started more than a period late because
+    /// every repository connection was busy.
+    behind: bool,
 }
 
 /// Runs `worker` until it stops, starting it again after a panic.
@@ -143,7 +141,6 @@ impl Worker {
         id: u64,
         server: ServerSettings,
         name: String,
-        repository: ConnInfo,
         options: &WorkerOptions,
         shared: Arc<SharedState>,
         inbox: Receiver<Message>,
@@ -152,7 +149,7 @@ impl Worker {
             id,
             server,
             name,
-            repository,
+            pool: options.pool.clone(),
             snapshot_timeout: options.snapshot_timeout,
             watchdog: options.watchdog.clone(),
             remote: None,
@@ -162,6 +159,7 @@ impl Worker {
             repository_reachable: true,
             timed_out: false,
             unreachable: None,
+            behind: false,
         }
     }
 
@@ -195,8 +193,9 @@ impl Worker {
             }
             let flow = match received {
                 Err(RecvTimeoutError::Timeout) if schedule.wait(Instant::now()).is_zero() => {
+                    let due = schedule.due();
                     schedule.started(Instant::now());
-                    self.snapshot()?;
+                    self.snapshot(due)?;
                     Flow::Continue
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -216,18 +215,17 @@ impl Worker {
         match message {
             Message::ForceSnapshot => {
                 log::info!("forced snapshot");
-                schedule.restart(Instant::now());
-                self.snapshot()?;
+                let now = Instant::now();
+                schedule.restart(now);
+                self.snapshot(now)?;
             }
             Message::Reload {
                 server,
-                repository,
                 snapshot_timeout,
             } => {
                 log::info!("reloading with {server:?}");
                 schedule.change_period(server.period());
                 self.server = server;
-                self.repository = *repository;
                 self.snapshot_timeout = snapshot_timeout;
                 self.remote = None;
                 self.unreachable = None;
@@ -295,6 +293,7 @@ impl Worker {
     fn start(&mut self) -> Result<Schedule, Fatal> {
         let last = match self.refresh()? {
             Some(mut repo) => {
+                let repo = repo.connection();
                 match metas::last_snapshot(&mut repo.client, &repo.powa, self.server.srvid) {
                     Ok(LastSnapshot::NotRegistered) => return Err(Fatal::NotRegistered),
                     Ok(last) => last,
@@ -318,9 +317,9 @@ impl Worker {
     /// the repository: the connection error for the UI (when it is news),
     /// or the remote's versions. Returns the repository connection, if it
     /// could be opened.
-    fn refresh(&mut self) -> Result<Option<Repository>, Fatal> {
+    fn refresh(&mut self) -> Result<Option<Lease>, Fatal> {
         let remote_error = self.connect_remote()?;
-        match self.connect_repository() {
+        match self.connect_repository(Instant::now()) {
             Ok(mut repo) => {
                 match &remote_error {
                     Some(error) => self.report(&mut repo, error),
@@ -328,6 +327,7 @@ impl Worker {
                 }
                 Ok(Some(repo))
             }
+            Err(Error::Interrupted) => Ok(None),
             Err(error) => {
                 log::error!("{error}");
                 Ok(None)
@@ -342,7 +342,7 @@ impl Worker {
         if news.is_none() && self.remote.is_none() {
             return Ok(());
         }
-        if let Ok(mut repo) = self.connect_repository() {
+        if let Ok(mut repo) = self.connect_repository(Instant::now()) {
             match &news {
                 Some(error) => self.report(&mut repo, error),
                 None => self.save_versions(&mut repo),
@@ -440,25 +440,8 @@ impl Worker {
 
     /// Opens the remote connection and checks PoWA there.
     fn open_remote(&self) -> Result<Remote, Error> {
-        let conninfo = self.server.conninfo();
-        let (mut client, tripwire) = conninfo
-            .connect_with_tripwire(&self.remote_application_name())
-            .map_err(|e| {
-                e.into_error(format!(
-                    "cannot connect to remote server {} ({conninfo})",
-                    self.name
-                ))
-            })?;
-        let place = format!("remote server {}", self.name);
-        let powa = powa::prepare(&mut client, &place)?;
-        if powa.needs_load() {
-            client.batch_execute("LOAD 'powa'").map_err(|e| {
-                Error::Powa(format!(
-                    "cannot load library powa on {place}: {}",
-                    describe_postgres_error(&e)
-                ))
-            })?;
-        }
+        let (client, tripwire, powa) =
+            remote::connect(&self.server, &self.name, &self.remote_application_name())?;
         log::debug!("connected to the remote server, PoWA {}", powa.version.text);
         Ok(Remote {
             client,
@@ -467,28 +450,26 @@ impl Worker {
         })
     }
 
-    /// A repository connection for this worker, and where PoWA is there.
-    fn connect_repository(&mut self) -> Result<Repository, Error> {
-        let opened = self
-            .repository
-            .connect_with_tripwire(&self.repository_application_name())
-            .map_err(|e| {
-                e.into_error(format!(
-                    "cannot connect to the repository ({})",
-                    self.repository
-                ))
-            })
-            .and_then(|(mut client, tripwire)| {
-                let powa = powa::prepare(&mut client, "the repository")?;
-                Ok(Repository {
-                    client,
-                    tripwire,
-                    powa,
-                })
-            });
-        self.repository_reachable = opened.is_ok();
+    /// A repository connection from the pool for work due at `due`.
+    fn connect_repository(&mut self, due: Instant) -> Result<Lease, Error> {
+        let shared = Arc::clone(&self.shared);
+        let interrupted = move || shared.lock().stopping;
+        let leased = self.pool.checkout(
+            self.id,
+            due,
+            &self.repository_application_name(),
+            &interrupted,
+        );
+        match &leased {
+            Err(Error::Interrupted) => return leased,
+            Ok(lease) => {
+                self.shared.metrics.waited(lease.wait().waited);
+                self.repository_reachable = true;
+            }
+            Err(_) => self.repository_reachable = false,
+        }
         self.update_status();
-        opened
+        leased
     }
 
     /// The name of the worker's connections to its remote server (to the
@@ -502,8 +483,9 @@ impl Worker {
     }
 
     /// Writes `error` as the server's current error for the UI.
-    fn report(&self, repo: &mut Repository, error: &Error) {
+    fn report(&self, repo: &mut Lease, error: &Error) {
         let errors = [error.to_string()];
+        let repo = repo.connection();
         if let Err(e) = metas::report_errors(
             &mut repo.client,
             &repo.powa,
@@ -518,14 +500,15 @@ impl Worker {
     /// Reports an error as the server's current one, if the repository is
     /// reachable.
     fn report_fatal(&mut self, error: &Error) {
-        match self.connect_repository() {
+        match self.connect_repository(Instant::now()) {
             Ok(mut repo) => self.report(&mut repo, error),
             Err(e) => log::warn!("cannot report the error: {e}"),
         }
     }
 
     /// Records the remote's PostgreSQL and extension versions (PoWA 4.1+).
-    fn save_versions(&mut self, repo: &mut Repository) {
+    fn save_versions(&mut self, repo: &mut Lease) {
+        let repo = repo.connection();
         if !repo.powa.saves_versions() {
             return;
         }
@@ -542,9 +525,10 @@ impl Worker {
         }
     }
 
-    /// Takes one snapshot, connecting first when needed. From the moment
-    /// it is decided until it is over, a forced snapshot is refused.
-    fn snapshot(&mut self) -> Result<(), Fatal> {
+    /// Takes one snapshot, due at `due`, connecting first when needed.
+    /// From the moment it is decided until it is over, a forced snapshot
+    /// is refused.
+    fn snapshot(&mut self, due: Instant) -> Result<(), Fatal> {
         let started = Instant::now();
         {
             let mut shared = self.shared.lock();
@@ -556,7 +540,7 @@ impl Worker {
             shared.last_snapshot = Some(started);
         }
         self.shared.changed.notify_all();
-        let outcome = self.connect_and_take(started);
+        let outcome = self.connect_and_take(due);
         {
             let mut shared = self.shared.lock();
             shared.snapshot_running = false;
@@ -566,11 +550,11 @@ impl Worker {
         outcome
     }
 
-    fn connect_and_take(&mut self, started: Instant) -> Result<(), Fatal> {
+    fn connect_and_take(&mut self, due: Instant) -> Result<(), Fatal> {
         #[cfg(feature = "fault-injection")]
         inject_panic(self.server.srvid);
         if let Some(error) = self.connect_remote()?
-            && let Ok(mut repo) = self.connect_repository()
+            && let Ok(mut repo) = self.connect_repository(due)
         {
             self.report(&mut repo, &error);
         }
@@ -578,20 +562,54 @@ impl Worker {
             log::debug!("no connection to the remote server, snapshot skipped");
             return Ok(());
         }
-        let mut repo = match self.connect_repository() {
+        let mut repo = match self.connect_repository(due) {
             Ok(repo) => repo,
+            Err(Error::Interrupted) => return Ok(()),
             Err(error) => {
                 log::error!("{error}; snapshot skipped");
                 return Ok(());
             }
         };
-        let outcome = self.take(started, &mut repo);
+        let started = Instant::now();
+        let late = self.lateness(due, &repo);
+        let outcome = self.take(started, &mut repo, late.as_deref());
         self.after_snapshot(outcome, started, &mut repo);
         Ok(())
     }
 
+    /// When the snapshot starts more than a period late because every
+    /// repository connection was busy, what to tell the UI; logged when
+    /// that state changes.
+    fn lateness(&mut self, due: Instant, repo: &Lease) -> Option<String> {
+        let wait = repo.wait();
+        let late = due.elapsed();
+        let behind = wait.queued && late > self.server.period();
+        let message = behind.then(|| {
+            format!(
+                "snapshot started {:.0} s late: all {} repository connections of the collector \
+                 were busy for {:.0} s (the repository is saturated; see repository.pool_size)",
+                late.as_secs_f64(),
+                wait.pool_size,
+                wait.waited.as_secs_f64()
+            )
+        });
+        if behind != self.behind {
+            self.behind = behind;
+            match &message {
+                Some(message) => log::warn!("falling behind: {message}"),
+                None => log::info!("caught up: snapshots start on time again"),
+            }
+        }
+        message
+    }
+
     /// Runs the snapshot itself, watched by the watchdog until its deadline.
-    fn take(&mut self, started: Instant, repo: &mut Repository) -> Result<SnapshotReport, Error> {
+    fn take(
+        &mut self,
+        started: Instant,
+        repo: &mut Lease,
+        late: Option<&str>,
+    ) -> Result<SnapshotReport, Error> {
         let timeout = snapshot_timeout(self.server.period(), self.snapshot_timeout);
         let deadline = started + timeout;
         let application_name = self.repository_application_name();
@@ -599,6 +617,7 @@ impl Worker {
         let Some(remote) = self.remote.as_mut() else {
             return Err(Error::Connect("no connection to the remote server".into()));
         };
+        let repo = repo.connection();
         self.shared.lock().in_flight = vec![
             Watched {
                 conninfo: self.server.conninfo(),
@@ -606,7 +625,7 @@ impl Worker {
                 tripwire: remote.tripwire.clone(),
             },
             Watched {
-                conninfo: self.repository.clone(),
+                conninfo: repo.conninfo.clone(),
                 cancel: repo.client.cancel_token(),
                 tripwire: repo.tripwire.clone(),
             },
@@ -624,6 +643,7 @@ impl Worker {
             repo_powa: &repo.powa,
             application_name: &application_name,
             refresh: &self.catalogs_to_refresh,
+            late,
         };
         let context = SnapshotContext {
             shared: &self.shared,
@@ -644,13 +664,18 @@ impl Worker {
         &mut self,
         outcome: Result<SnapshotReport, Error>,
         started: Instant,
-        repo: &mut Repository,
+        repo: &mut Lease,
     ) {
         self.timed_out = matches!(outcome, Err(Error::DeadlineExceeded(_)));
         match outcome {
             Ok(report) => {
                 if report.skipped.is_none() {
                     self.catalogs_to_refresh = CatalogRefresh::default();
+                    self.shared.metrics.snapshot_done(
+                        started.elapsed(),
+                        report.rows,
+                        report.errors.len(),
+                    );
                 }
                 log_report(&report, started.elapsed());
             }
@@ -659,11 +684,13 @@ impl Worker {
             }
             Err(error) => {
                 log::error!("snapshot failed: {error}");
+                self.shared.metrics.snapshot_failed(started.elapsed());
                 // The next snapshot starts from fresh connections.
                 self.remote = None;
-                if !repo.client.is_closed() {
+                repo.discard();
+                if !repo.connection().client.is_closed() {
                     self.report(repo, &error);
-                } else if let Ok(mut fresh) = self.connect_repository() {
+                } else if let Ok(mut fresh) = self.connect_repository(Instant::now()) {
                     self.report(&mut fresh, &error);
                 }
             }
@@ -734,17 +761,8 @@ impl snapshot::Context for SnapshotContext<'_> {
     }
 
     fn connect_database(&self, dbname: &str) -> Result<Client, Error> {
-        let conninfo = self.server.conninfo_for_database(dbname);
-        let (mut client, tripwire) = conninfo
-            .connect_with_tripwire(&self.application_name)
-            .map_err(|e| {
-                e.into_error(format!(
-                    "Could not connect to remote database {dbname} ({conninfo})"
-                ))
-            })?;
-        powa::pin_search_path(&mut client).map_err(|e| {
-            Error::postgres(format!("cannot set search_path in database {dbname}"), e)
-        })?;
+        let (conninfo, client, tripwire) =
+            remote::connect_database(self.server, dbname, &self.application_name)?;
         self.shared.lock().in_flight.push(Watched {
             conninfo,
             cancel: client.cancel_token(),

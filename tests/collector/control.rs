@@ -2,21 +2,9 @@
 //! protocol from the command line, through the repository, as powa-web
 //! speaks it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{Collector, Finished, repository_with_remote, run_collector};
-
-/// Runs `powa-collector -c <config> args...` to its end.
-fn run_with(config: &str, args: &[&str]) -> (Finished, Duration) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let path = dir.path().join("powa-collector.conf");
-    std::fs::write(&path, config).expect("write the config");
-    let mut all = vec!["-c", path.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    let started = Instant::now();
-    let finished = run_collector(&all, dir.path(), Duration::from_secs(20));
-    (finished, started.elapsed())
-}
+use crate::harness::{Collector, repository_with_remote, run_with_config as run_with};
 
 #[test]
 fn status_and_reload_ask_the_running_collector() {

@@ -105,9 +105,10 @@ fn well_formed(answer: &str) -> bool {
 }
 
 /// Statements the main thread may run on the repository: the permission
-/// check, the answers, and what a reload reads; besides the empty query of
-/// its connection check.
-const ALLOWED_STATEMENTS: [&str; 8] = [
+/// check, the answers, what a reload reads, and the advisory locks that
+/// share the servers among collectors; besides the empty query of its
+/// connection check.
+const ALLOWED_STATEMENTS: [&str; 10] = [
     "WITH s(v) AS",
     "SELECT pg_catalog.bool_or(",
     "SELECT pg_catalog.has_table_privilege(",
@@ -116,6 +117,8 @@ const ALLOWED_STATEMENTS: [&str; 8] = [
     "SELECT e.extname::text, n.nspname::text",
     "SELECT extversion::text FROM pg_catalog.pg_extension",
     "SELECT pg_catalog.current_setting('server_version_num')",
+    "SELECT l.classid::int8, l.objid::int8 FROM pg_catalog.pg_locks",
+    "SELECT id FROM pg_catalog.unnest($2::int4[]) AS id",
 ];
 
 /// The statements of the collector's main thread in the repository's log

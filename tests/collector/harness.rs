@@ -1324,6 +1324,20 @@ pub fn run_collector(args: &[&str], cwd: &Path, timeout: Duration) -> Finished {
     }
 }
 
+/// Runs `powa-collector -c <config> args...` to its end (at most 20 s), in
+/// a directory of its own holding the config file; returns how it ended
+/// and how long it took.
+pub fn run_with_config(config: &str, args: &[&str]) -> (Finished, Duration) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("powa-collector.conf");
+    fs::write(&path, config).expect("write the config");
+    let mut all = vec!["-c", path.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let started = Instant::now();
+    let finished = run_collector(&all, dir.path(), Duration::from_secs(20));
+    (finished, started.elapsed())
+}
+
 /// The first column, as text, of the rows that `sql` returns with `srvid`
 /// as `$1`; `what` names them when the query fails.
 fn server_strings(client: &mut Client, sql: &str, srvid: i32, what: &str) -> Vec<String> {

@@ -28,12 +28,12 @@ const RELOAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Frequency of the servers: no snapshot comes during the test.
 const IDLE_FREQUENCY: i32 = 300;
 
-/// Threads of the collector besides its workers: the main thread and the
-/// watchdog. The `postgres` client drives each connection on the thread
+/// Threads of the collector besides its workers: the main thread, the
+/// watchdog and the repository pool's reaper. The `postgres` client drives each connection on the thread
 /// that uses it and resolves no host name here (servers are IP addresses),
 /// and no cancel request runs while no snapshot is due, so nothing else
 /// runs.
-pub const THREADS_BESIDES_WORKERS: usize = 2;
+pub const THREADS_BESIDES_WORKERS: usize = 3;
 
 /// Seconds since the epoch, as `pg_stat_activity` dates sessions.
 fn epoch_now() -> f64 {

@@ -19,6 +19,9 @@ use crate::harness::{
 use crate::powa_web::start_collector_with_web;
 use crate::reload::THREADS_BESIDES_WORKERS;
 
+/// `repository.pool_size` when the configuration file does not set it.
+const DEFAULT_POOL_SIZE: usize = 4;
+
 /// How long workers may take to start and connect.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -65,8 +68,9 @@ fn sigterm_with_fifty_idle_servers_exits_within_two_seconds() {
 
     // powa-web stays connected until the end of the test.
     let (mut collector, _web) = start_collector_with_web(&repository, &srvids, START_TIMEOUT);
-    // Idle: every worker holds its remote connection, and none has a
-    // repository connection left from its start.
+    // Idle: every worker holds its remote connection, and the repository
+    // connections left from their start are the pool's idle ones, all
+    // idle.
     let mut remote_client = remote.connect("postgres");
     let mut repo = repository.connect("postgres");
     collector.wait_for(START_TIMEOUT, "every worker idle", || {
@@ -75,14 +79,19 @@ fn sigterm_with_fifty_idle_servers_exits_within_two_seconds() {
             .iter()
             .filter(|s| s.state.as_deref() == Some("idle"))
             .count();
-        let worker_repo_sessions = collector_sessions(&mut repo)
-            .iter()
+        let worker_repo_sessions: Vec<_> = collector_sessions(&mut repo)
+            .into_iter()
             .filter(|s| {
                 !s.application_name
                     .starts_with("PoWA collector - main thread")
             })
-            .count();
-        if remote_sessions.len() == SERVERS && idle == SERVERS && worker_repo_sessions == 0 {
+            .collect();
+        let pooled_idle = worker_repo_sessions.len() <= DEFAULT_POOL_SIZE
+            && worker_repo_sessions
+                .iter()
+                .all(|s| s.state.as_deref() == Some("idle"));
+        let worker_repo_sessions = worker_repo_sessions.len();
+        if remote_sessions.len() == SERVERS && idle == SERVERS && pooled_idle {
             Ok(())
         } else {
             Err(format!(

@@ -68,18 +68,24 @@ deb_installed() {
     [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
 }
 
-# ensure_deb_packages: installs whichever of POWA_DEB_PACKAGES is missing,
-# as root directly, otherwise through sudo.
+# ensure_deb_packages: installs whichever of POWA_DEB_PACKAGES is missing.
 ensure_deb_packages() {
+    ensure_debs "${POWA_DEB_PACKAGES[@]}"
+}
+
+# ensure_debs PACKAGE...: installs whichever of the PACKAGEs is missing, as
+# root directly, otherwise through sudo.
+ensure_debs() {
+    local wanted=("$@")
     command -v dpkg-query >/dev/null 2>&1 ||
-        die "dpkg-query not found: this script expects Debian 12 (needed packages: ${POWA_DEB_PACKAGES[*]})"
+        die "dpkg-query not found: this script expects Debian 12 (needed packages: ${wanted[*]})"
 
     local missing=() pkg
-    for pkg in "${POWA_DEB_PACKAGES[@]}"; do
+    for pkg in "${wanted[@]}"; do
         deb_installed "$pkg" || missing+=("$pkg")
     done
     if ((${#missing[@]} == 0)); then
-        info "Debian packages present: ${POWA_DEB_PACKAGES[*]}"
+        info "Debian packages present: ${wanted[*]}"
         return 0
     fi
 
@@ -92,7 +98,7 @@ ensure_deb_packages() {
     info "installing missing Debian packages: ${missing[*]}"
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends "${POWA_DEB_PACKAGES[@]}"
+        apt-get install -y --no-install-recommends "${wanted[@]}"
 }
 
 # ---------------------------------------------------------------------------

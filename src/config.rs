@@ -36,6 +36,28 @@ pub fn default_locations() -> Vec<PathBuf> {
     places
 }
 
+/// Every key the file may have, nested ones written `parent.child`; any
+/// other key is reported as unknown. The man page documents each of them.
+pub const KEYS: [&str; 6] = [
+    "repository.dsn",
+    "repository.pool_size",
+    "debug",
+    "use_server_alias",
+    "snapshot_timeout",
+    "metrics_address",
+];
+
+/// Whether `key` (a top-level key, or `parent.child`) is one of [`KEYS`]
+/// or the parent of one.
+fn is_known(key: &str) -> bool {
+    KEYS.iter().any(|known| {
+        *known == key
+            || known
+                .split_once('.')
+                .is_some_and(|(parent, _)| parent == key)
+    })
+}
+
 /// A configuration to copy from, printed when the mandatory key is missing.
 pub const SAMPLE: &str = r#"{
     "repository": {
@@ -157,10 +179,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
 
     let mut unknown_keys = Vec::new();
     for key in root.keys() {
-        if !matches!(
-            key.as_str(),
-            "repository" | "debug" | "use_server_alias" | "snapshot_timeout" | "metrics_address"
-        ) {
+        if !is_known(key) {
             unknown_keys.push(key.clone());
         }
     }
@@ -176,8 +195,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         Some(other) => return Err(wrong_type(path, "repository", "an object", other)),
     };
     for key in repository.keys() {
-        if !matches!(key.as_str(), "dsn" | "pool_size") {
-            unknown_keys.push(format!("repository.{key}"));
+        let key = format!("repository.{key}");
+        if !is_known(&key) {
+            unknown_keys.push(key);
         }
     }
     let repository_dsn = match repository.get("dsn") {
@@ -408,9 +428,29 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_the_ones_read() {
+        let config = parse_text(
+            r#"{"repository": {"dsn": "postgresql:///powa", "pool_size": 2}, "debug": true,
+                "use_server_alias": true, "snapshot_timeout": 30,
+                "metrics_address": "127.0.0.1:9187"}"#,
+        )
+        .unwrap();
+        assert!(config.unknown_keys.is_empty());
+        assert!(!is_known("dsn") && !is_known("repository.sslmode"));
+    }
+
+    #[test]
     fn shipped_sample_parses() {
         let text = include_str!("../powa-collector.conf.sample");
         let config = parse_text(text).unwrap();
+        assert!(config.unknown_keys.is_empty());
+    }
+
+    #[test]
+    fn debian_conffile_parses() {
+        let text = include_str!("../packaging/debian/powa-collector.conf");
+        let config = parse_text(text).unwrap();
+        assert_eq!(config.repository_dsn, "postgresql:///powa");
         assert!(config.unknown_keys.is_empty());
     }
 

@@ -496,6 +496,16 @@ impl Collector {
         let Some(main) = self.connection.as_mut() else {
             return;
         };
+        // A repository that stopped answering would hold the survey until
+        // the TCP timeouts: a bounded round trip first.
+        if let Err(e) = main.client.is_valid(CHECK_TIMEOUT) {
+            log::warn!(
+                "connection to the repository lost: {}",
+                describe_postgres_error(&e)
+            );
+            self.connection_lost();
+            return;
+        }
         match sharing::survey(&mut main.client) {
             Ok((members, held)) => {
                 self.share.members = members;

@@ -7,7 +7,10 @@
 //! queue ordered by that time, so the most overdue server goes first and
 //! none starves. A returned connection goes straight to the first waiter, or
 //! joins the idle ones; a connection idle for [`IDLE_TIMEOUT`] is closed by
-//! the pool's reaper thread, which [`Pool`] owns and joins. Each checkout
+//! the pool's reaper thread, which [`Pool`] owns and joins, and one idle for
+//! a couple of seconds is checked with a bounded round trip before it is
+//! lent, so a broken one is replaced rather than failing a snapshot. Each
+//! checkout
 //! names the connection after the worker it serves (`application_name`), so
 //! the repository's `pg_stat_activity` stays meaningful. A connection is
 //! closed on return when its user says it is not to be trusted
@@ -38,6 +41,10 @@ pub const DEFAULT_SIZE: usize = 4;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the reaper looks for idle connections.
 const REAP_INTERVAL: Duration = Duration::from_secs(10);
+/// An idle connection unused this long is checked before it is lent.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(2);
+/// Bound on that check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// `statement_timeout` of a pooled connection outside snapshots (error
 /// reports, versions), which set their own.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -274,7 +281,10 @@ impl PoolHandle {
             pool_size,
         };
         let connection = match grant {
-            Grant::Idle(connection) => self.rename(*connection, application_name),
+            Grant::Idle(connection) => match self.still_open(*connection) {
+                Some(connection) => self.rename(connection, application_name),
+                None => self.open(application_name),
+            },
             Grant::Open => self.open(application_name),
         };
         match connection {
@@ -363,6 +373,27 @@ impl PoolHandle {
             Err(error) => {
                 tripwire.trip();
                 Err(error)
+            }
+        }
+    }
+
+    /// An idle connection unused for [`CHECK_AFTER_IDLE`] is checked with a
+    /// bounded round trip before it is lent: one that broke meanwhile (a
+    /// repository restarted, a network that stopped carrying packets) is
+    /// closed, and its room serves a new one.
+    fn still_open(&self, mut connection: Connection) -> Option<Connection> {
+        if connection.idle_since.elapsed() < CHECK_AFTER_IDLE {
+            return Some(connection);
+        }
+        match connection.client.is_valid(CHECK_TIMEOUT) {
+            Ok(()) => Some(connection),
+            Err(e) => {
+                log::debug!(
+                    "an idle repository connection broke ({}); opening another",
+                    crate::error::describe_postgres_error(&e)
+                );
+                connection.close();
+                None
             }
         }
     }

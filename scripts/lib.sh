@@ -4,7 +4,8 @@
 
 # The Debian packages the build, the test suite and the sandbox need:
 # PostgreSQL 15, the PoWA repository schema, the extensions a PoWA remote
-# server uses, and OpenSSL's headers for the TLS crate.
+# server uses, OpenSSL's headers for the TLS crate, and make and gcc for
+# the jemalloc allocator's build.
 POWA_DEB_PACKAGES=(
     postgresql-15
     postgresql-15-powa
@@ -15,6 +16,8 @@ POWA_DEB_PACKAGES=(
     postgresql-15-hypopg
     libssl-dev
     pkg-config
+    make
+    gcc
 )
 
 # Where Debian puts the PostgreSQL 15 server and client programs.

@@ -461,20 +461,20 @@ impl Collector {
             }
         }
         if let Some(e) = lost {
-            log::warn!(
-                "connection to the repository lost: {}",
-                describe_postgres_error(&e)
-            );
-            self.connection_lost();
+            self.connection_lost(&e);
         }
     }
 
-    /// The main connection is gone, and with it the advisory locks that
-    /// said which servers this collector owns. Alone, it keeps its workers
-    /// (nobody else takes its servers); with others, it stops them, since
-    /// the others take its servers over, and takes its share again once
-    /// reconnected.
-    fn connection_lost(&mut self) {
+    /// The main connection is gone (`error` says why), and with it the
+    /// advisory locks that said which servers this collector owns. Alone,
+    /// it keeps its workers (nobody else takes its servers); with others,
+    /// it stops them, since the others take its servers over, and takes
+    /// its share again once reconnected.
+    fn connection_lost(&mut self, error: &postgres::Error) {
+        log::warn!(
+            "connection to the repository lost: {}",
+            describe_postgres_error(error)
+        );
         self.connection = None;
         self.share.owned.clear();
         if self.share.members > 1 && !self.workers.is_empty() {
@@ -499,13 +499,11 @@ impl Collector {
         // A repository that stopped answering would hold the survey until
         // the TCP timeouts: a bounded round trip first.
         if let Err(e) = main.client.is_valid(CHECK_TIMEOUT) {
-            log::warn!(
-                "connection to the repository lost: {}",
-                describe_postgres_error(&e)
-            );
-            self.connection_lost();
+            self.connection_lost(&e);
             return;
         }
+        // That round trip was the connection check too.
+        self.last_check = Instant::now();
         match sharing::survey(&mut main.client) {
             Ok((members, held)) => {
                 self.share.members = members;
@@ -861,11 +859,7 @@ impl Collector {
         if let Some(main) = self.connection.as_mut()
             && let Err(e) = main.client.is_valid(CHECK_TIMEOUT)
         {
-            log::warn!(
-                "connection to the repository lost: {}",
-                describe_postgres_error(&e)
-            );
-            self.connection_lost();
+            self.connection_lost(&e);
         }
         if self.connection.is_some() {
             return;
